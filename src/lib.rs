@@ -1,0 +1,22 @@
+//! guardian-access: a policy decision point for Swedish patient portals.
+//!
+//! Before every journal view, 1177 Journalen asks: *may this person see this
+//! child's journal, or act for the child in the e-services, right now?* The
+//! answer comes from [`decide::decide`] over an immutable
+//! [`snapshot::Snapshot`]. See `ARCHITECTURE.md` for the map.
+
+pub mod config;
+pub mod decide;
+pub mod fixtures;
+pub mod identity;
+pub mod model;
+pub mod snapshot;
+pub mod synth;
+pub mod time;
+pub mod wire;
+
+pub use decide::{children, decide, Decision, Listing, Query, Reason};
+pub use identity::{IdentityError, Pid};
+pub use model::{HsaId, Rule, RuleId, RuleKind, Service, Services, Settings};
+pub use snapshot::{People, PeopleBuilder, Rules, Snapshot};
+pub use time::Instant;

@@ -1,0 +1,63 @@
+//! JSON answer bodies shared by the HTTP API and the command line.
+//!
+//! Domain types are not `Serialize`; these borrowed views are, and they are
+//! the one place that decides how an answer looks on the wire (SPEC §4).
+
+use jiff::tz::TimeZone;
+use serde::ser::{SerializeSeq, Serializer};
+use serde::Serialize;
+
+use crate::decide::Decision;
+use crate::model::HsaId;
+use crate::time::{format_local, Instant};
+
+/// The body of a `/v1/check` answer.
+#[derive(Debug, Serialize)]
+pub struct DecisionBody<'a> {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The reason's wire name.
+    pub reason: &'static str,
+    /// `hidden`, `disabled`, `enabled`, or null for own access.
+    pub listing: Option<&'static str>,
+    /// Units an extended-access grant limits the answer to.
+    pub care_units: Option<Units<'a>>,
+    /// The region's never-online units (journal answers).
+    pub excluded_care_units: Option<Units<'a>>,
+    /// Until when the portal may cache the answer.
+    pub valid_until: Option<String>,
+    /// The revision decided at.
+    pub revision: u64,
+    /// The instant decided at.
+    pub at: String,
+}
+
+/// A list of HSA-IDs, serialized as strings.
+#[derive(Debug, Clone, Copy)]
+pub struct Units<'a>(pub &'a [HsaId]);
+
+impl Serialize for Units<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for u in self.0 {
+            seq.serialize_element(u.as_str())?;
+        }
+        seq.end()
+    }
+}
+
+impl<'a> DecisionBody<'a> {
+    /// The wire view of `d`, decided at `at`, with instants in Stockholm time.
+    pub fn new(d: &Decision<'a>, at: Instant, tz: &TimeZone) -> DecisionBody<'a> {
+        DecisionBody {
+            decision: if d.allowed() { "allow" } else { "deny" },
+            reason: d.reason.as_str(),
+            listing: d.listing.map(|l| l.as_str()),
+            care_units: d.care_units.map(Units),
+            excluded_care_units: d.excluded_care_units.map(Units),
+            valid_until: d.valid_until.map(|v| format_local(v, tz)),
+            revision: d.revision,
+            at: format_local(at, tz),
+        }
+    }
+}
