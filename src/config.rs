@@ -86,7 +86,9 @@ mod tests {
     use super::*;
 
     fn settings(json: &str) -> Result<Settings, ConfigError> {
-        serde_json::from_str::<RegionSettings>(json).unwrap().to_settings()
+        serde_json::from_str::<RegionSettings>(json)
+            .unwrap()
+            .to_settings()
     }
 
     #[test]
@@ -99,7 +101,10 @@ mod tests {
         assert!(!s.protected_guardian);
         assert_eq!(s.guardian_age_limit, 12);
         assert_eq!(s.own_journal_age, 16);
-        assert_eq!(s.excluded_care_units[0].as_str(), "SE2321000131-E000000000123");
+        assert_eq!(
+            s.excluded_care_units[0].as_str(),
+            "SE2321000131-E000000000123"
+        );
     }
 
     #[test]

@@ -54,7 +54,10 @@ pub enum Reason {
 impl Reason {
     /// Whether this reason is an allow.
     pub fn allows(self) -> bool {
-        matches!(self, Reason::OwnAccess | Reason::EarlyAccess | Reason::Guardian | Reason::ExtendedAccess)
+        matches!(
+            self,
+            Reason::OwnAccess | Reason::EarlyAccess | Reason::Guardian | Reason::ExtendedAccess
+        )
     }
 
     /// The wire name.
@@ -167,10 +170,17 @@ pub fn children<'s>(
     service: Service,
     at: Instant,
 ) -> impl Iterator<Item = (Pid, Decision<'s>)> + 's {
-    let kids = snap.people().get(guardian).map(|g| g.children).unwrap_or(&[]);
+    let kids = snap
+        .people()
+        .get(guardian)
+        .map(|g| g.children)
+        .unwrap_or(&[]);
     kids.iter().map(move |&i| {
         let child = snap.people().child(i);
-        (child.pid, Pair::guardian(snap, guardian, &child, service).decision(at))
+        (
+            child.pid,
+            Pair::guardian(snap, guardian, &child, service).decision(at),
+        )
     })
 }
 
@@ -209,8 +219,17 @@ impl<'s> Pair<'s> {
         }
     }
 
-    fn guardian(snap: &'s Snapshot, actor: Pid, subject: &PersonRef<'s>, service: Service) -> Pair<'s> {
-        let guardian = subject.guardians.iter().copied().find(|e| e.pid_value() == actor.get());
+    fn guardian(
+        snap: &'s Snapshot,
+        actor: Pid,
+        subject: &PersonRef<'s>,
+        service: Service,
+    ) -> Pair<'s> {
+        let guardian = subject
+            .guardians
+            .iter()
+            .copied()
+            .find(|e| e.pid_value() == actor.get());
         Pair {
             snap,
             actor,
@@ -220,14 +239,27 @@ impl<'s> Pair<'s> {
             subject_protected: subject.protected,
             ages: subject.ages,
             // Rules matter only to a registered guardian; skip the lookup otherwise.
-            rules: if guardian.is_some() { snap.rules().for_subject(subject.pid) } else { &[] },
+            rules: if guardian.is_some() {
+                snap.rules().for_subject(subject.pid)
+            } else {
+                &[]
+            },
         }
     }
 
     /// Someone asking about a person the population data does not know: they
     /// cannot be a registered guardian.
     fn stranger(snap: &'s Snapshot, actor: Pid, _subject: Pid, service: Service) -> Pair<'s> {
-        Pair { snap, actor, service, own: false, guardian: None, subject_protected: false, ages: None, rules: &[] }
+        Pair {
+            snap,
+            actor,
+            service,
+            own: false,
+            guardian: None,
+            subject_protected: false,
+            ages: None,
+            rules: &[],
+        }
     }
 
     fn decision(&self, t: Instant) -> Decision<'s> {
@@ -237,14 +269,18 @@ impl<'s> Pair<'s> {
             reason: outcome.reason,
             listing: (!self.own).then(|| listing(outcome.reason, self.service)),
             care_units: outcome.care_units,
-            excluded_care_units: (self.service == Service::Journal).then_some(settings.excluded_care_units.as_slice()),
+            excluded_care_units: (self.service == Service::Journal)
+                .then_some(settings.excluded_care_units.as_slice()),
             valid_until: self.valid_until(t, outcome),
             revision: self.snap.revision(),
         }
     }
 
     fn outcome(&self, t: Instant) -> Outcome<'s> {
-        let reason = |reason| Outcome { reason, care_units: None };
+        let reason = |reason| Outcome {
+            reason,
+            care_units: None,
+        };
         if self.own {
             return self.own_outcome(t);
         }
@@ -277,14 +313,20 @@ impl<'s> Pair<'s> {
             return reason(Reason::Blocked);
         }
         match extended {
-            Some(grant) => Outcome { reason: Reason::ExtendedAccess, care_units: grant.care_units.as_deref() },
+            Some(grant) => Outcome {
+                reason: Reason::ExtendedAccess,
+                care_units: grant.care_units.as_deref(),
+            },
             None => reason(Reason::Guardian),
         }
     }
 
     /// The subject asking about themself: rows 1-5.
     fn own_outcome(&self, t: Instant) -> Outcome<'s> {
-        let reason = |reason| Outcome { reason, care_units: None };
+        let reason = |reason| Outcome {
+            reason,
+            care_units: None,
+        };
         let Some(ages) = self.ages else {
             return reason(Reason::UnknownAge);
         };
@@ -301,7 +343,11 @@ impl<'s> Pair<'s> {
         if self.any_active(t, RuleKind::Seal) {
             return reason(Reason::Sealed);
         }
-        reason(if early { Reason::EarlyAccess } else { Reason::OwnAccess })
+        reason(if early {
+            Reason::EarlyAccess
+        } else {
+            Reason::OwnAccess
+        })
     }
 
     /// Whether `rule` can bear on this pair and service at all.
@@ -309,16 +355,22 @@ impl<'s> Pair<'s> {
         match rule.kind {
             RuleKind::Seal => rule.services.covers(self.service),
             RuleKind::Block => {
-                !self.own && rule.services.covers(self.service) && rule.guardian.is_none_or(|g| g == self.actor)
+                !self.own
+                    && rule.services.covers(self.service)
+                    && rule.guardian.is_none_or(|g| g == self.actor)
             }
             // Extended and early access are journal-only, whatever else a grant says.
-            RuleKind::ExtendedAccess => !self.own && self.service == Service::Journal && rule.guardian == Some(self.actor),
+            RuleKind::ExtendedAccess => {
+                !self.own && self.service == Service::Journal && rule.guardian == Some(self.actor)
+            }
             RuleKind::EarlyAccess => self.own && self.service == Service::Journal,
         }
     }
 
     fn any_active(&self, t: Instant, kind: RuleKind) -> bool {
-        self.rules.iter().any(|r| r.kind == kind && self.relevant(r) && r.active_at(t))
+        self.rules
+            .iter()
+            .any(|r| r.kind == kind && self.relevant(r) && r.active_at(t))
     }
 
     /// The extended-access grant this guardian can use at `t`. An unlimited
@@ -344,7 +396,10 @@ impl<'s> Pair<'s> {
         // These answers depend on no instant: only a write can change them.
         if matches!(
             at_t.reason,
-            Reason::NotGuardian | Reason::ProtectedSubject | Reason::ProtectedGuardian | Reason::UnknownAge
+            Reason::NotGuardian
+                | Reason::ProtectedSubject
+                | Reason::ProtectedGuardian
+                | Reason::UnknownAge
         ) {
             return None;
         }
@@ -383,5 +438,104 @@ fn listing(reason: Reason, service: Service) -> Listing {
         r if r.allows() => Listing::Enabled,
         Reason::Sealed | Reason::Blocked if service == Service::Journal => Listing::Disabled,
         _ => Listing::Hidden,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::Scenario;
+
+    #[test]
+    fn children_lists_every_child_with_its_own_answer() {
+        let scenario: Scenario = serde_json::from_str(
+            r#"{
+              "people": [
+                {"id": "201509162390", "guardians": ["197701012382"]},
+                {"id": "201801012392", "protected": true, "guardians": ["197701012382"]},
+                {"id": "201103012389", "guardians": ["197701012382", "198001022386"]},
+                {"id": "201406012383", "guardians": ["197701012382"]}
+              ],
+              "rules": [{"kind": "block", "subject": "201406012383", "guardian": "197701012382", "valid_from": "2026-01-01"}]
+            }"#,
+        )
+        .unwrap();
+        let snap = scenario.snapshot().unwrap();
+        let tz = snap.tz().clone();
+        let at = crate::time::parse_instant("2026-11-23T10:00:00+01:00", &tz).unwrap();
+        let guardian = Pid::parse("197701012382", jiff::civil::date(2026, 11, 23)).unwrap();
+        let mut list: Vec<(String, Reason, Option<Listing>)> =
+            children(&snap, guardian, Service::Journal, at)
+                .map(|(pid, d)| (pid.to_string(), d.reason, d.listing))
+                .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            list,
+            vec![
+                (
+                    "201103012389".to_owned(),
+                    Reason::AgedOut,
+                    Some(Listing::Hidden)
+                ),
+                (
+                    "201406012383".to_owned(),
+                    Reason::Blocked,
+                    Some(Listing::Disabled)
+                ),
+                (
+                    "201509162390".to_owned(),
+                    Reason::Guardian,
+                    Some(Listing::Enabled)
+                ),
+                (
+                    "201801012392".to_owned(),
+                    Reason::ProtectedSubject,
+                    Some(Listing::Hidden)
+                ),
+            ]
+        );
+        // Each entry is exactly what `decide` says for that pair.
+        for (child, d) in children(&snap, guardian, Service::Eservices, at) {
+            let q = Query {
+                actor: guardian,
+                subject: child,
+                service: Service::Eservices,
+                at,
+            };
+            assert_eq!(decide(&snap, &q), d);
+        }
+        // Someone who is nobody's guardian has an empty list.
+        assert_eq!(
+            children(
+                &snap,
+                Pid::parse("198501012382", jiff::civil::date(2026, 11, 23)).unwrap(),
+                Service::Journal,
+                at
+            )
+            .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn listing_follows_the_seed() {
+        assert_eq!(
+            listing(Reason::Guardian, Service::Eservices),
+            Listing::Enabled
+        );
+        assert_eq!(listing(Reason::Sealed, Service::Journal), Listing::Disabled);
+        assert_eq!(
+            listing(Reason::Blocked, Service::Journal),
+            Listing::Disabled
+        );
+        assert_eq!(
+            listing(Reason::Blocked, Service::Eservices),
+            Listing::Hidden
+        );
+        assert_eq!(listing(Reason::AgedOut, Service::Journal), Listing::Hidden);
+        assert_eq!(
+            listing(Reason::NotGuardian, Service::Journal),
+            Listing::Hidden
+        );
     }
 }

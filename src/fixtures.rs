@@ -136,13 +136,19 @@ impl Scenario {
     /// Reads a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, FixtureError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| FixtureError::Read(name.clone(), e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| FixtureError::Read(name.clone(), e))?;
         serde_json::from_str(&text).map_err(|e| FixtureError::Json(name, e))
     }
 
     /// The region settings of this scenario.
     pub fn settings(&self) -> Result<Settings, FixtureError> {
-        Ok(self.settings.as_ref().map(RegionSettings::to_settings).transpose()?.unwrap_or_default())
+        Ok(self
+            .settings
+            .as_ref()
+            .map(RegionSettings::to_settings)
+            .transpose()?
+            .unwrap_or_default())
     }
 
     /// Builds the snapshot the scenario describes, at revision 1.
@@ -153,10 +159,13 @@ impl Scenario {
         for (i, p) in self.people.iter().enumerate() {
             let at = |f: &str| format!("people[{i}].{f}");
             let id = pid(&p.id, &at("id"))?;
-            let birth = match &p.birth_date {
-                Some(d) => Some(d.parse::<Date>().map_err(|_| FixtureError::Instant(at("birth_date"), InstantError::Format))?),
-                None => None,
-            };
+            let birth =
+                match &p.birth_date {
+                    Some(d) => Some(d.parse::<Date>().map_err(|_| {
+                        FixtureError::Instant(at("birth_date"), InstantError::Format)
+                    })?),
+                    None => None,
+                };
             let guardians = p
                 .guardians
                 .iter()
@@ -172,28 +181,42 @@ impl Scenario {
             .map(|(i, r)| r.to_rule(RuleId(i as u64 + 1), &format!("rules[{i}]"), &tz))
             .collect::<Result<Vec<_>, _>>()?;
         let people = people.build(&settings, &tz)?;
-        Ok(Snapshot::new(1, Arc::new(settings), Arc::new(people), Arc::new(Rules::new(rules)))?)
+        Ok(Snapshot::new(
+            1,
+            Arc::new(settings),
+            Arc::new(people),
+            Arc::new(Rules::new(rules)),
+        )?)
     }
 }
 
 impl RuleFile {
     fn to_rule(&self, id: RuleId, at: &str, tz: &TimeZone) -> Result<Rule, FixtureError> {
         let field = |f: &str| format!("{at}.{f}");
-        let kind = RuleKind::parse(&self.kind).ok_or_else(|| FixtureError::Field(field("kind"), "unknown kind"))?;
+        let kind = RuleKind::parse(&self.kind)
+            .ok_or_else(|| FixtureError::Field(field("kind"), "unknown kind"))?;
         let services = match &self.services {
             None => kind.default_services(),
             Some(list) => list.iter().try_fold(Services::NONE, |acc, s| {
-                Service::parse(s).map(|s| acc.with(s)).ok_or_else(|| FixtureError::Field(field("services"), "unknown service"))
+                Service::parse(s)
+                    .map(|s| acc.with(s))
+                    .ok_or_else(|| FixtureError::Field(field("services"), "unknown service"))
             })?,
         };
-        let instant = |s: &str, f: &str| time::parse_instant(s, tz).map_err(|e| FixtureError::Instant(field(f), e));
-        let opt_instant = |s: &Option<String>, f: &str| s.as_deref().map(|s| instant(s, f)).transpose();
+        let instant = |s: &str, f: &str| {
+            time::parse_instant(s, tz).map_err(|e| FixtureError::Instant(field(f), e))
+        };
+        let opt_instant =
+            |s: &Option<String>, f: &str| s.as_deref().map(|s| instant(s, f)).transpose();
         let care_units = match &self.care_units {
             None => None,
             Some(units) => Some(
                 units
                     .iter()
-                    .map(|u| HsaId::parse(u).map_err(|_| FixtureError::Field(field("care_units"), "not an HSA-ID")))
+                    .map(|u| {
+                        HsaId::parse(u)
+                            .map_err(|_| FixtureError::Field(field("care_units"), "not an HSA-ID"))
+                    })
                     .collect::<Result<Arc<[HsaId]>, _>>()?,
             ),
         };
@@ -201,7 +224,11 @@ impl RuleFile {
             id,
             kind,
             subject: pid(&self.subject, &field("subject"))?,
-            guardian: self.guardian.as_deref().map(|g| pid(g, &field("guardian"))).transpose()?,
+            guardian: self
+                .guardian
+                .as_deref()
+                .map(|g| pid(g, &field("guardian")))
+                .transpose()?,
             services,
             valid_from: instant(&self.valid_from, "valid_from")?,
             valid_until: opt_instant(&self.valid_until, "valid_until")?,
@@ -217,8 +244,10 @@ impl CaseFile {
         Ok(Query {
             actor: pid(&self.actor, "actor")?,
             subject: pid(&self.subject, "subject")?,
-            service: Service::parse(&self.service).ok_or(FixtureError::Field("service".into(), "unknown service"))?,
-            at: time::parse_instant(&self.at, tz).map_err(|e| FixtureError::Instant("at".into(), e))?,
+            service: Service::parse(&self.service)
+                .ok_or(FixtureError::Field("service".into(), "unknown service"))?,
+            at: time::parse_instant(&self.at, tz)
+                .map_err(|e| FixtureError::Instant("at".into(), e))?,
         })
     }
 }

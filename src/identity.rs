@@ -44,7 +44,9 @@ pub enum IdentityError {
     #[error("is empty")]
     Empty,
     /// Neither 10 nor 12 digits.
-    #[error("must be 12 digits `YYYYMMDDNNNC` or 10 digits `YYMMDDNNNC`, optionally with `-` or `+` before the last four")]
+    #[error(
+        "must be 12 digits `YYYYMMDDNNNC` or 10 digits `YYMMDDNNNC`, optionally with `-` or `+` before the last four"
+    )]
     Length,
     /// A character other than a digit, or a separator in the wrong place.
     #[error("may contain only digits and one `-` or `+` before the last four digits")]
@@ -142,9 +144,7 @@ impl Pid {
             return Err(IdentityError::CheckDigit);
         }
         let value = d.iter().fold(0u64, |acc, &x| acc * 10 + u64::from(x));
-        NonZeroU64::new(value)
-            .map(Pid)
-            .ok_or(IdentityError::Length)
+        NonZeroU64::new(value).map(Pid).ok_or(IdentityError::Length)
     }
 
     /// Rebuilds a `Pid` from the value of one that was validated before
@@ -179,7 +179,8 @@ impl Pid {
     }
 
     /// The date the number states, if it states one: a samordningsnummer's day
-    /// minus 60; `None` for month `00` or day `60` (date unknown).
+    /// minus 60; `None` for month `00`, day `60`, or a samordningsnummer whose
+    /// date does not exist (date unknown).
     ///
     /// The population register's birth date, where given, wins over this.
     pub fn birth_date(self) -> Option<Date> {
@@ -252,28 +253,24 @@ fn resolve_century(yy: i16, plus: bool, year: i16) -> i16 {
     full / 100
 }
 
-/// Checks the date part, allowing samordningsnummer (day + 60) and their
-/// unknown-date forms (month `00`, day `60`).
+/// Checks the date part.
+///
+/// A personnummer's date must exist. A samordningsnummer (day + 60) may leave
+/// out the month (`00`), the day (`60`) or both, and Skatteverket issues some
+/// whose day does not exist in their month (its own test list has 30 February
+/// and 31 April): those are valid identifiers whose birth date is unknown.
 fn check_date(year: i16, month: u8, day: u8) -> Result<(), IdentityError> {
     if month > 12 {
         return Err(IdentityError::Date);
     }
-    let (day, coordination) = if day >= 60 { (day - 60, true) } else { (day, false) };
-    // A samordningsnummer may leave out the month, the day, or both.
-    let unknown_month = month == 0;
-    let unknown_day = day == 0;
-    if (unknown_month || unknown_day) && !coordination {
-        return Err(IdentityError::Date);
+    if day >= 60 {
+        return if day - 60 <= 31 {
+            Ok(())
+        } else {
+            Err(IdentityError::Date)
+        };
     }
-    if unknown_day {
-        return Ok(());
-    }
-    let max_day = if unknown_month {
-        31
-    } else {
-        days_in_month(year, month)
-    };
-    if day > max_day {
+    if month == 0 || day == 0 || day > days_in_month(year, month) {
         return Err(IdentityError::Date);
     }
     Ok(())
@@ -389,7 +386,10 @@ mod tests {
         assert_eq!(p("201509162391"), Err(IdentityError::CheckDigit));
         assert_eq!(p("201509160006"), Err(IdentityError::Serial));
         assert_eq!(p("171509162390"), Err(IdentityError::Century));
-        assert_eq!(IdentityError::ReserveNumber.code(), "unsupported_identifier");
+        assert_eq!(
+            IdentityError::ReserveNumber.code(),
+            "unsupported_identifier"
+        );
         assert_eq!(IdentityError::CheckDigit.code(), "invalid_identifier");
     }
 
@@ -397,22 +397,49 @@ mod tests {
     fn impossible_dates_are_rejected() {
         // 30 February and 29 February in a non-leap year, with a right check
         // digit, generated here rather than written down.
-        for (y, m, d) in [(2015, 2, 30), (2015, 2, 29), (2100 - 100, 2, 30), (2014, 4, 31), (2014, 13, 1)] {
+        for (y, m, d) in [
+            (2015, 2, 30),
+            (2015, 2, 29),
+            (2100 - 100, 2, 30),
+            (2014, 4, 31),
+            (2014, 13, 1),
+        ] {
             let value = raw(y, m, d, 239);
-            assert_eq!(Pid::from_u64(value), Err(IdentityError::Date), "{y}-{m}-{d}");
+            assert_eq!(
+                Pid::from_u64(value),
+                Err(IdentityError::Date),
+                "{y}-{m}-{d}"
+            );
         }
         // 29 February in leap years, including 2000 (divisible by 400).
         assert!(Pid::from_u64(raw(2000, 2, 29, 239)).is_ok());
         assert!(Pid::from_u64(raw(2016, 2, 29, 239)).is_ok());
-        assert_eq!(Pid::from_u64(raw(1900, 2, 29, 239)), Err(IdentityError::Date));
+        assert_eq!(
+            Pid::from_u64(raw(1900, 2, 29, 239)),
+            Err(IdentityError::Date)
+        );
     }
 
     /// A 12-digit value with the right check digit but no date validation.
     fn raw(y: i16, m: u8, d: u8, serial: u16) -> u64 {
         let yy = (y % 100) as u8;
-        let nine = [yy / 10, yy % 10, m / 10, m % 10, d / 10, d % 10, (serial / 100) as u8, (serial / 10 % 10) as u8, (serial % 10) as u8];
+        let nine = [
+            yy / 10,
+            yy % 10,
+            m / 10,
+            m % 10,
+            d / 10,
+            d % 10,
+            (serial / 100) as u8,
+            (serial / 10 % 10) as u8,
+            (serial % 10) as u8,
+        ];
         let c = luhn(&nine);
-        u64::from(y as u16) * 1_00_00_0000 + u64::from(m) * 1_00_0000 + u64::from(d) * 1_0000 + u64::from(serial) * 10 + u64::from(c)
+        u64::from(y as u16) * 1_00_00_0000
+            + u64::from(m) * 1_00_0000
+            + u64::from(d) * 1_0000
+            + u64::from(serial) * 10
+            + u64::from(c)
     }
 
     #[test]
@@ -425,12 +452,23 @@ mod tests {
         assert_eq!(no_month.birth_date(), None);
         let no_day = Pid::parse("191711602399", TODAY).unwrap();
         assert_eq!(no_day.birth_date(), None);
-        // Day 60 + 30 in February does not exist.
-        assert_eq!(Pid::from_u64(raw(2015, 2, 90, 239)), Err(IdentityError::Date));
+        // Day 60 + 30 in February: a valid identifier without a birth date.
+        let feb30 = Pid::from_u64(raw(2015, 2, 90, 239)).unwrap();
+        assert_eq!(feb30.birth_date(), None);
+        assert_eq!(
+            Pid::from_u64(raw(2015, 2, 92, 239)),
+            Err(IdentityError::Date)
+        );
         // Month 00 and day 00 is not a samordningsnummer.
-        assert_eq!(Pid::from_u64(raw(2015, 0, 0, 239)), Err(IdentityError::Date));
+        assert_eq!(
+            Pid::from_u64(raw(2015, 0, 0, 239)),
+            Err(IdentityError::Date)
+        );
         // A personnummer may not leave out its month.
-        assert_eq!(Pid::from_u64(raw(2015, 0, 16, 239)), Err(IdentityError::Date));
+        assert_eq!(
+            Pid::from_u64(raw(2015, 0, 16, 239)),
+            Err(IdentityError::Date)
+        );
     }
 
     #[test]

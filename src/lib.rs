@@ -15,7 +15,7 @@ pub mod synth;
 pub mod time;
 pub mod wire;
 
-pub use decide::{children, decide, Decision, Listing, Query, Reason};
+pub use decide::{Decision, Listing, Query, Reason, children, decide};
 pub use identity::{IdentityError, Pid};
 pub use model::{HsaId, Rule, RuleId, RuleKind, Service, Services, Settings};
 pub use snapshot::{People, PeopleBuilder, Rules, Snapshot};

@@ -81,7 +81,9 @@ impl Services {
 
 impl fmt::Debug for Services {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set().entries(self.iter().map(Service::as_str)).finish()
+        f.debug_set()
+            .entries(self.iter().map(Service::as_str))
+            .finish()
     }
 }
 
@@ -141,7 +143,9 @@ pub struct HsaId(Box<str>);
 
 /// Why a string is not an HSA-ID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("must be an HSA-ID: `SE`, a 10-digit organisation number, `-`, then 1-17 letters or digits")]
+#[error(
+    "must be an HSA-ID: `SE`, a 10-digit organisation number, `-`, then 1-17 letters or digits"
+)]
 pub struct HsaIdError;
 
 impl HsaId {
@@ -154,7 +158,11 @@ impl HsaId {
             && b[2..12].iter().all(u8::is_ascii_digit)
             && b[12] == b'-'
             && b[13..].iter().all(u8::is_ascii_alphanumeric);
-        if ok { Ok(HsaId(s.into())) } else { Err(HsaIdError) }
+        if ok {
+            Ok(HsaId(s.into()))
+        } else {
+            Err(HsaIdError)
+        }
     }
 
     /// The HSA-ID as text.
@@ -240,7 +248,9 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SettingsError {
     /// The age limits are out of order or out of range.
-    #[error("`age_limits`: `guardian` ({0}) must be at least 1 and below `own_journal` ({1}), which must be at most 18")]
+    #[error(
+        "`age_limits`: `guardian` ({0}) must be at least 1 and below `own_journal` ({1}), which must be at most 18"
+    )]
     AgeLimits(u8, u8),
 }
 
@@ -287,10 +297,17 @@ mod tests {
 
     #[test]
     fn services_and_kinds() {
-        assert!(RuleKind::Block.default_services().covers(Service::Eservices));
+        assert!(
+            RuleKind::Block
+                .default_services()
+                .covers(Service::Eservices)
+        );
         assert!(!RuleKind::Seal.default_services().covers(Service::Eservices));
         assert!(RuleKind::Seal.default_services().covers(Service::Journal));
-        assert_eq!(format!("{:?}", Services::BOTH), r#"{"journal", "eservices"}"#);
+        assert_eq!(
+            format!("{:?}", Services::BOTH),
+            r#"{"journal", "eservices"}"#
+        );
         for k in ["block", "seal", "extended_access", "early_access"] {
             assert_eq!(RuleKind::parse(k).map(RuleKind::as_str), Some(k));
         }
@@ -300,7 +317,11 @@ mod tests {
     #[test]
     fn settings_validate_age_limits() {
         assert!(Settings::default().validate().is_ok());
-        let bad = Settings { guardian_age_limit: 16, own_journal_age: 13, ..Settings::default() };
+        let bad = Settings {
+            guardian_age_limit: 16,
+            own_journal_age: 13,
+            ..Settings::default()
+        };
         assert_eq!(bad.validate(), Err(SettingsError::AgeLimits(16, 13)));
     }
 }

@@ -196,16 +196,27 @@ impl People {
         let buckets = self.index.capacity().max(1).next_power_of_two() * 8 / 7;
         buckets * (size_of::<(Pid, u32)>() + 1)
             + self.rows.capacity() * size_of::<Row>()
-            + (self.guardian_offsets.capacity() + self.child_offsets.capacity() + self.child_edges.capacity())
+            + (self.guardian_offsets.capacity()
+                + self.child_offsets.capacity()
+                + self.child_edges.capacity())
                 * size_of::<u32>()
             + self.guardian_edges.capacity() * size_of::<GuardianEdge>()
     }
 
     /// The age limits of someone with no record, from their number's date.
-    pub(crate) fn ages_from_number(pid: Pid, settings: &Settings, tz: &TimeZone) -> Option<AgeLimits> {
+    pub(crate) fn ages_from_number(
+        pid: Pid,
+        settings: &Settings,
+        tz: &TimeZone,
+    ) -> Option<AgeLimits> {
         let birth = pid.birth_date()?;
         Some(AgeLimits {
-            guardian_limit: time::attains_age(birth, settings.guardian_age_limit, settings.leap_day, tz)?,
+            guardian_limit: time::attains_age(
+                birth,
+                settings.guardian_age_limit,
+                settings.leap_day,
+                tz,
+            )?,
             own_journal: time::attains_age(birth, settings.own_journal_age, settings.leap_day, tz)?,
         })
     }
@@ -243,12 +254,21 @@ impl PeopleBuilder {
 
     /// A builder with room for `records` records and `links` guardianship links.
     pub fn with_capacity(records: usize, links: usize) -> PeopleBuilder {
-        PeopleBuilder { records: Vec::with_capacity(records), guardians: Vec::with_capacity(links) }
+        PeopleBuilder {
+            records: Vec::with_capacity(records),
+            guardians: Vec::with_capacity(links),
+        }
     }
 
     /// Adds (or, if the person was added before, replaces) a record.
     /// `birth_date` is the population register's, when it has one.
-    pub fn person(&mut self, id: Pid, birth_date: Option<Date>, protected: bool, guardians: &[Pid]) -> &mut Self {
+    pub fn person(
+        &mut self,
+        id: Pid,
+        birth_date: Option<Date>,
+        protected: bool,
+        guardians: &[Pid],
+    ) -> &mut Self {
         let start = self.guardians.len() as u32;
         for g in guardians {
             if *g != id && !self.guardians[start as usize..].contains(g) {
@@ -256,14 +276,21 @@ impl PeopleBuilder {
             }
         }
         let end = self.guardians.len() as u32;
-        self.records.push(Record { id, birth_date, protected, guardians: start..end });
+        self.records.push(Record {
+            id,
+            birth_date,
+            protected,
+            guardians: start..end,
+        });
         self
     }
 
     /// Builds the population index under `settings`' age limits.
     pub fn build(mut self, settings: &Settings, tz: &TimeZone) -> Result<People, BuildError> {
         settings.validate()?;
-        if self.guardians.len() >= u32::MAX as usize || self.records.len() >= (u32::MAX / 2) as usize {
+        if self.guardians.len() >= u32::MAX as usize
+            || self.records.len() >= (u32::MAX / 2) as usize
+        {
             return Err(BuildError::TooLarge);
         }
         // Upsert: keep the last record of each person.
@@ -285,15 +312,21 @@ impl PeopleBuilder {
             .iter()
             .flat_map(|&k| {
                 let r = &self.records[k as usize];
-                self.guardians[r.guardians.start as usize..r.guardians.end as usize].iter().copied()
+                self.guardians[r.guardians.start as usize..r.guardians.end as usize]
+                    .iter()
+                    .copied()
             })
             .collect();
         implicit.sort_unstable();
         implicit.dedup();
-        implicit.retain(|g| keep.binary_search_by_key(g, |&k| self.records[k as usize].id).is_err());
+        implicit.retain(|g| {
+            keep.binary_search_by_key(g, |&k| self.records[k as usize].id)
+                .is_err()
+        });
 
         let n = keep.len() + implicit.len();
-        let mut index: HashMap<Pid, u32, Hasher> = HashMap::with_capacity_and_hasher(n, Hasher::default());
+        let mut index: HashMap<Pid, u32, Hasher> =
+            HashMap::with_capacity_and_hasher(n, Hasher::default());
         let mut rows = Vec::with_capacity(n);
         let mut midnights = Midnights::new(settings, tz);
         for &k in &keep {
@@ -333,7 +366,10 @@ impl PeopleBuilder {
         let mut child_edges = vec![0u32; guardian_edges.len()];
         for (child, w) in guardian_offsets.windows(2).enumerate() {
             for e in &guardian_edges[w[0] as usize..w[1] as usize] {
-                let gi = index.get(&Pid::from_validated(e.pid_value())).copied().unwrap_or(0) as usize;
+                let gi = index
+                    .get(&Pid::from_validated(e.pid_value()))
+                    .copied()
+                    .unwrap_or(0) as usize;
                 child_edges[fill[gi] as usize] = child as u32;
                 fill[gi] += 1;
             }
@@ -347,7 +383,11 @@ impl PeopleBuilder {
             guardian_edges,
             child_offsets,
             child_edges,
-            limits: (settings.guardian_age_limit, settings.own_journal_age, settings.leap_day),
+            limits: (
+                settings.guardian_age_limit,
+                settings.own_journal_age,
+                settings.leap_day,
+            ),
             records: keep.len(),
         })
     }
@@ -363,13 +403,21 @@ struct Midnights<'a> {
 
 impl<'a> Midnights<'a> {
     fn new(settings: &'a Settings, tz: &'a TimeZone) -> Self {
-        Midnights { settings, tz, memo: HashMap::default() }
+        Midnights {
+            settings,
+            tz,
+            memo: HashMap::default(),
+        }
     }
 
     fn attains(&mut self, birth: Date, age: u8) -> Result<Instant, BuildError> {
-        let day = time::birthday(birth, age, self.settings.leap_day).ok_or(BuildError::BirthDateRange)?;
+        let day =
+            time::birthday(birth, age, self.settings.leap_day).ok_or(BuildError::BirthDateRange)?;
         let tz = self.tz;
-        let at = *self.memo.entry(day).or_insert_with(|| time::local_midnight(day, tz));
+        let at = *self
+            .memo
+            .entry(day)
+            .or_insert_with(|| time::local_midnight(day, tz));
         at.ok_or(BuildError::BirthDateRange)
     }
 
@@ -381,8 +429,12 @@ impl<'a> Midnights<'a> {
         let mut attains = [0, 0];
         if let Some(birth) = birth {
             pid_flags |= BIRTH_KNOWN;
-            attains[0] = self.attains(birth, self.settings.guardian_age_limit)?.as_nanos();
-            attains[1] = self.attains(birth, self.settings.own_journal_age)?.as_nanos();
+            attains[0] = self
+                .attains(birth, self.settings.guardian_age_limit)?
+                .as_nanos();
+            attains[1] = self
+                .attains(birth, self.settings.own_journal_age)?
+                .as_nanos();
         }
         Ok(Row { pid_flags, attains })
     }
@@ -407,7 +459,11 @@ impl Rules {
         let mut start = 0;
         while start < rules.len() {
             let subject = rules[start].subject;
-            let end = start + rules[start..].iter().take_while(|r| r.subject == subject).count();
+            let end = start
+                + rules[start..]
+                    .iter()
+                    .take_while(|r| r.subject == subject)
+                    .count();
             by_subject.insert(subject, (start as u32, end as u32));
             start = end;
         }
@@ -451,18 +507,39 @@ pub struct Snapshot {
 impl Snapshot {
     /// Puts the halves together; `people` must have been built with the same
     /// age settings.
-    pub fn new(revision: u64, settings: Arc<Settings>, people: Arc<People>, rules: Arc<Rules>) -> Result<Snapshot, BuildError> {
+    pub fn new(
+        revision: u64,
+        settings: Arc<Settings>,
+        people: Arc<People>,
+        rules: Arc<Rules>,
+    ) -> Result<Snapshot, BuildError> {
         settings.validate()?;
-        if people.limits != (settings.guardian_age_limit, settings.own_journal_age, settings.leap_day) {
+        if people.limits
+            != (
+                settings.guardian_age_limit,
+                settings.own_journal_age,
+                settings.leap_day,
+            )
+        {
             return Err(BuildError::SettingsMismatch);
         }
-        Ok(Snapshot { revision, settings, tz: time::stockholm()?, people, rules })
+        Ok(Snapshot {
+            revision,
+            settings,
+            tz: time::stockholm()?,
+            people,
+            rules,
+        })
     }
 
     /// The same people with other rules, at another revision: the cheap path
     /// for writes that touch only restrictions and grants.
     pub fn with_rules(&self, revision: u64, rules: Arc<Rules>) -> Snapshot {
-        Snapshot { revision, rules, ..self.clone() }
+        Snapshot {
+            revision,
+            rules,
+            ..self.clone()
+        }
     }
 
     /// The revision this snapshot reflects.
@@ -493,5 +570,142 @@ impl Snapshot {
     /// Heap bytes held by both halves (rules counted by their fixed size).
     pub fn heap_bytes(&self) -> usize {
         self.people.heap_bytes() + self.rules.rules.capacity() * std::mem::size_of::<Rule>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::civil::date;
+
+    fn pid(s: &str) -> Pid {
+        Pid::parse(s, date(2026, 11, 23)).unwrap()
+    }
+
+    fn build(b: PeopleBuilder) -> People {
+        b.build(&Settings::default(), &time::stockholm().unwrap())
+            .unwrap()
+    }
+
+    #[test]
+    fn guardians_and_children_are_inverse_and_implicit_guardians_exist() {
+        let (kid1, kid2, g1, g2) = (
+            pid("201509162390"),
+            pid("201801012392"),
+            pid("197701012382"),
+            pid("198001022386"),
+        );
+        let mut b = PeopleBuilder::new();
+        b.person(kid1, None, false, &[g1, g2])
+            .person(kid2, None, false, &[g1]);
+        let people = build(b);
+        assert_eq!(people.len(), 4, "two children and two implicit guardians");
+        assert_eq!(people.records(), 2);
+        assert_eq!(people.links(), 3);
+        assert_eq!(people.guardians_of(kid1).collect::<Vec<_>>(), vec![g1, g2]);
+        let mut kids: Vec<Pid> = people.children_of(g1).collect();
+        kids.sort();
+        assert_eq!(kids, vec![kid1, kid2]);
+        assert_eq!(people.children_of(g2).collect::<Vec<_>>(), vec![kid1]);
+        // An implicit guardian is unprotected, with their number's birth date.
+        assert!(!people.is_protected(g1));
+        assert!(people.age_limits(g1).is_some());
+    }
+
+    #[test]
+    fn a_later_record_replaces_an_earlier_one() {
+        let (kid, g1, g2) = (
+            pid("201509162390"),
+            pid("197701012382"),
+            pid("198001022386"),
+        );
+        let mut b = PeopleBuilder::new();
+        b.person(kid, None, false, &[g1]);
+        b.person(kid, Some(date(2015, 9, 1)), true, &[g2]);
+        let people = build(b);
+        assert_eq!(people.guardians_of(kid).collect::<Vec<_>>(), vec![g2]);
+        assert!(people.is_protected(kid));
+        assert_eq!(people.children_of(g2).collect::<Vec<_>>(), vec![kid]);
+        // The replaced guardianship left no trace, nor did g1 as a person.
+        assert_eq!(people.children_of(g1).count(), 0);
+        assert_eq!(people.len(), 2);
+        let expected = time::attains_age(
+            date(2015, 9, 1),
+            13,
+            LeapDay::Feb28,
+            &time::stockholm().unwrap(),
+        );
+        assert_eq!(people.age_limits(kid).map(|a| a.guardian_limit), expected);
+    }
+
+    #[test]
+    fn a_guardian_edge_carries_the_guardians_own_protected_flag() {
+        let (kid, g1, g2) = (
+            pid("201509162390"),
+            pid("197701012382"),
+            pid("198001022386"),
+        );
+        let mut b = PeopleBuilder::new();
+        b.person(kid, None, false, &[g1, g2, g1, kid]);
+        b.person(g2, None, true, &[]);
+        let people = build(b);
+        let edges = people.get(kid).unwrap().guardians;
+        assert_eq!(
+            edges.len(),
+            2,
+            "duplicates and the person themself are dropped"
+        );
+        assert!(!edges[0].protected());
+        assert!(edges[1].protected());
+    }
+
+    #[test]
+    fn snapshot_refuses_people_built_under_other_age_settings() {
+        let people = Arc::new(build(PeopleBuilder::new()));
+        let other = Settings {
+            guardian_age_limit: 12,
+            ..Settings::default()
+        };
+        let err = Snapshot::new(
+            1,
+            Arc::new(other),
+            people.clone(),
+            Arc::new(Rules::default()),
+        );
+        assert!(matches!(err, Err(BuildError::SettingsMismatch)));
+        let snap = Snapshot::new(
+            1,
+            Arc::new(Settings::default()),
+            people,
+            Arc::new(Rules::default()),
+        )
+        .unwrap();
+        let next = snap.with_rules(2, Arc::new(Rules::default()));
+        assert_eq!(next.revision(), 2);
+        assert!(
+            Arc::ptr_eq(&snap.people, &next.people),
+            "a rules-only change shares the population"
+        );
+    }
+
+    #[test]
+    fn rules_are_grouped_by_subject_in_start_order() {
+        let (a, b) = (pid("201509162390"), pid("201801012392"));
+        let rule = |id, subject, from: i64| Rule {
+            id: crate::model::RuleId(id),
+            kind: crate::model::RuleKind::Seal,
+            subject,
+            guardian: None,
+            services: crate::model::Services::JOURNAL,
+            valid_from: Instant::from_nanos(from),
+            valid_until: None,
+            lifted_at: None,
+            care_units: None,
+        };
+        let rules = Rules::new(vec![rule(1, a, 30), rule(2, b, 10), rule(3, a, 20)]);
+        let ids: Vec<u64> = rules.for_subject(a).iter().map(|r| r.id.0).collect();
+        assert_eq!(ids, vec![3, 1]);
+        assert_eq!(rules.for_subject(b).len(), 1);
+        assert!(rules.for_subject(pid("197701012382")).is_empty());
     }
 }

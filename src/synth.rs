@@ -8,11 +8,11 @@
 
 use std::sync::Arc;
 
-use jiff::civil::Date;
 use jiff::ToSpan;
+use jiff::civil::Date;
 
 use crate::decide::Query;
-use crate::identity::{make_pid, Pid};
+use crate::identity::{Pid, make_pid};
 use crate::model::{HsaId, Rule, RuleId, RuleKind, Service, Services, Settings};
 use crate::snapshot::{BuildError, PeopleBuilder, Rules, Snapshot};
 use crate::time::{self, Instant};
@@ -30,12 +30,20 @@ pub struct Scale {
 
 impl Scale {
     /// Sweden.
-    pub const NATIONAL: Scale = Scale { children: 2_200_000, protected: 25_000, rules: 50_000 };
+    pub const NATIONAL: Scale = Scale {
+        children: 2_200_000,
+        protected: 25_000,
+        rules: 50_000,
+    };
 
     /// A fraction of national scale, for quick runs.
     pub fn fraction(f: f64) -> Scale {
         let part = |n: usize| ((n as f64 * f).round() as usize).max(1);
-        Scale { children: part(2_200_000), protected: part(25_000), rules: part(50_000) }
+        Scale {
+            children: part(2_200_000),
+            protected: part(25_000),
+            rules: part(50_000),
+        }
     }
 }
 
@@ -92,7 +100,11 @@ struct Numbers {
 impl Numbers {
     fn new(first: Date, last: Date) -> Numbers {
         let days = (first.until(last).map(|s| s.get_days()).unwrap_or(0).max(0) as usize) + 1;
-        Numbers { first, days, next_serial: vec![1; days] }
+        Numbers {
+            first,
+            days,
+            next_serial: vec![1; days],
+        }
     }
 
     fn make(&mut self, rng: &mut Rng) -> Option<Pid> {
@@ -114,16 +126,28 @@ impl Numbers {
 pub fn generate(scale: Scale, seed: u64) -> Result<Synthetic, BuildError> {
     let mut rng = Rng::new(seed);
     let reference_day = jiff::civil::date(2026, 11, 23);
-    let mut kids = Numbers::new(jiff::civil::date(2009, 1, 1), jiff::civil::date(2026, 11, 22));
-    let mut adults = Numbers::new(jiff::civil::date(1960, 1, 1), jiff::civil::date(2000, 12, 31));
+    let mut kids = Numbers::new(
+        jiff::civil::date(2009, 1, 1),
+        jiff::civil::date(2026, 11, 22),
+    );
+    let mut adults = Numbers::new(
+        jiff::civil::date(1960, 1, 1),
+        jiff::civil::date(2000, 12, 31),
+    );
     let mut children = Vec::with_capacity(scale.children);
     let mut child_guardians: Vec<[Option<Pid>; 2]> = Vec::with_capacity(scale.children);
     let mut guardians = Vec::with_capacity(scale.children * 13 / 10);
 
     while children.len() < scale.children {
-        let Some(first) = adults.make(&mut rng) else { break };
+        let Some(first) = adults.make(&mut rng) else {
+            break;
+        };
         guardians.push(first);
-        let second = if rng.percent(97) { adults.make(&mut rng) } else { None };
+        let second = if rng.percent(97) {
+            adults.make(&mut rng)
+        } else {
+            None
+        };
         if let Some(s) = second {
             guardians.push(s);
         }
@@ -151,7 +175,8 @@ pub fn generate(scale: Scale, seed: u64) -> Result<Synthetic, BuildError> {
         protected.insert(pid);
     }
 
-    let mut people = PeopleBuilder::with_capacity(children.len() + guardians.len(), children.len() * 2);
+    let mut people =
+        PeopleBuilder::with_capacity(children.len() + guardians.len(), children.len() * 2);
     for g in &guardians {
         people.person(*g, None, protected.contains(g), &[]);
     }
@@ -162,14 +187,36 @@ pub fn generate(scale: Scale, seed: u64) -> Result<Synthetic, BuildError> {
 
     let tz = time::stockholm()?;
     let reference = time::local_midnight(reference_day, &tz).ok_or(BuildError::BirthDateRange)?;
-    let rules = make_rules(scale.rules, &children, &child_guardians, reference, &mut rng);
+    let rules = make_rules(
+        scale.rules,
+        &children,
+        &child_guardians,
+        reference,
+        &mut rng,
+    );
     let settings = Settings::default();
     let people = people.build(&settings, &tz)?;
-    let snapshot = Snapshot::new(1, Arc::new(settings), Arc::new(people), Arc::new(Rules::new(rules)))?;
-    Ok(Synthetic { snapshot, children, guardians, reference })
+    let snapshot = Snapshot::new(
+        1,
+        Arc::new(settings),
+        Arc::new(people),
+        Arc::new(Rules::new(rules)),
+    )?;
+    Ok(Synthetic {
+        snapshot,
+        children,
+        guardians,
+        reference,
+    })
 }
 
-fn make_rules(n: usize, children: &[Pid], guardians: &[[Option<Pid>; 2]], reference: Instant, rng: &mut Rng) -> Vec<Rule> {
+fn make_rules(
+    n: usize,
+    children: &[Pid],
+    guardians: &[[Option<Pid>; 2]],
+    reference: Instant,
+    rng: &mut Rng,
+) -> Vec<Rule> {
     const DAY: i64 = 86_400 * 1_000_000_000;
     let unit = HsaId::parse("SE2321000131-E000000000001").ok();
     let mut rules = Vec::with_capacity(n);
@@ -188,8 +235,12 @@ fn make_rules(n: usize, children: &[Pid], guardians: &[[Option<Pid>; 2]], refere
             _ => None,
         };
         let start = reference.as_nanos() - rng.below(3 * 365) as i64 * DAY;
-        let valid_until = rng.percent(20).then(|| Instant::from_nanos(start + (30 + rng.below(700)) as i64 * DAY));
-        let lifted_at = rng.percent(30).then(|| Instant::from_nanos(start + rng.below(400) as i64 * DAY));
+        let valid_until = rng
+            .percent(20)
+            .then(|| Instant::from_nanos(start + (30 + rng.below(700)) as i64 * DAY));
+        let lifted_at = rng
+            .percent(30)
+            .then(|| Instant::from_nanos(start + rng.below(400) as i64 * DAY));
         let care_units = (kind == RuleKind::ExtendedAccess && rng.percent(30))
             .then(|| unit.clone().map(|u| Arc::from(vec![u])))
             .flatten();
@@ -198,7 +249,11 @@ fn make_rules(n: usize, children: &[Pid], guardians: &[[Option<Pid>; 2]], refere
             kind,
             subject: children[c],
             guardian,
-            services: if kind == RuleKind::Seal && rng.percent(20) { Services::BOTH } else { kind.default_services() },
+            services: if kind == RuleKind::Seal && rng.percent(20) {
+                Services::BOTH
+            } else {
+                kind.default_services()
+            },
             valid_from: Instant::from_nanos(start),
             valid_until,
             lifted_at,
@@ -217,7 +272,11 @@ impl Synthetic {
         (0..n)
             .map(|_| {
                 let child = self.children[rng.below(self.children.len())];
-                let service = if rng.percent(80) { Service::Journal } else { Service::Eservices };
+                let service = if rng.percent(80) {
+                    Service::Journal
+                } else {
+                    Service::Eservices
+                };
                 let actor = match rng.below(10) {
                     0 => child,
                     1 => self.guardians[rng.below(self.guardians.len())],
@@ -228,7 +287,12 @@ impl Synthetic {
                         .next()
                         .unwrap_or(child),
                 };
-                Query { actor, subject: child, service, at }
+                Query {
+                    actor,
+                    subject: child,
+                    service,
+                    at,
+                }
             })
             .collect()
     }
@@ -237,7 +301,7 @@ impl Synthetic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::{decide, Reason};
+    use crate::decide::{Reason, decide};
 
     #[test]
     fn small_population_is_consistent_and_deterministic() {
@@ -260,7 +324,13 @@ mod tests {
         for q in a.queries(5000, 1) {
             seen.insert(decide(&a.snapshot, &q).reason);
         }
-        for r in [Reason::Guardian, Reason::AgedOut, Reason::NotGuardian, Reason::OwnAccess, Reason::BelowAge] {
+        for r in [
+            Reason::Guardian,
+            Reason::AgedOut,
+            Reason::NotGuardian,
+            Reason::OwnAccess,
+            Reason::BelowAge,
+        ] {
             assert!(seen.contains(&r), "{r:?} never decided");
         }
     }

@@ -4,12 +4,12 @@
 //! the one place that decides how an answer looks on the wire (SPEC §4).
 
 use jiff::tz::TimeZone;
-use serde::ser::{SerializeSeq, Serializer};
 use serde::Serialize;
+use serde::ser::{SerializeSeq, Serializer};
 
 use crate::decide::Decision;
 use crate::model::HsaId;
-use crate::time::{format_local, Instant};
+use crate::time::{Instant, format_local};
 
 /// The body of a `/v1/check` answer.
 #[derive(Debug, Serialize)]
