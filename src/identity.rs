@@ -13,8 +13,13 @@ use std::num::NonZeroU64;
 
 use jiff::civil::Date;
 
-/// The highest canonical value: `2099-12-31` with serial `9999` is below it.
-const MAX_CANONICAL: u64 = 2_099_99_99_9999;
+/// Place values of the parts of `YYYYMMDDNNNC`.
+const YEAR: u64 = 100_000_000;
+const MONTH: u64 = 1_000_000;
+const DAY: u64 = 10_000;
+/// The lowest and highest 12-digit values.
+const MIN_CANONICAL: u64 = 100_000_000_000;
+const MAX_CANONICAL: u64 = 999_999_999_999;
 
 /// A validated personnummer or samordningsnummer.
 ///
@@ -116,7 +121,7 @@ impl Pid {
 
     /// Validates a canonical 12-digit integer, e.g. one read back from storage.
     pub fn from_u64(value: u64) -> Result<Pid, IdentityError> {
-        if !(1_000_000_000_00..=MAX_CANONICAL).contains(&value) {
+        if !(MIN_CANONICAL..=MAX_CANONICAL).contains(&value) {
             return Err(IdentityError::Length);
         }
         let mut digits = [0u8; 12];
@@ -161,11 +166,11 @@ impl Pid {
 
     /// The year part of the number.
     pub fn year(self) -> i16 {
-        (self.get() / 1_00_00_0000) as i16
+        (self.get() / YEAR) as i16
     }
 
     fn month_day(self) -> (u8, u8) {
-        let md = (self.get() / 1_0000) % 1_00_00;
+        let md = (self.get() / DAY) % 10_000;
         ((md / 100) as u8, (md % 100) as u8)
     }
 
@@ -323,9 +328,9 @@ pub fn make_pid(year: i16, month: u8, day: u8, serial: u16) -> Option<Pid> {
         (serial % 10) as u8,
     ];
     let check = luhn(&nine);
-    let value = u64::from(year.unsigned_abs()) * 1_00_00_0000
-        + u64::from(month) * 1_00_0000
-        + u64::from(day) * 1_0000
+    let value = u64::from(year.unsigned_abs()) * YEAR
+        + u64::from(month) * MONTH
+        + u64::from(day) * DAY
         + u64::from(serial) * 10
         + u64::from(check);
     Pid::from_u64(value).ok()
@@ -435,9 +440,9 @@ mod tests {
             (serial % 10) as u8,
         ];
         let c = luhn(&nine);
-        u64::from(y as u16) * 1_00_00_0000
-            + u64::from(m) * 1_00_0000
-            + u64::from(d) * 1_0000
+        u64::from(y as u16) * YEAR
+            + u64::from(m) * MONTH
+            + u64::from(d) * DAY
             + u64::from(serial) * 10
             + u64::from(c)
     }

@@ -454,7 +454,7 @@ pub struct Rules {
 impl Rules {
     /// Groups `rules` by subject.
     pub fn new(mut rules: Vec<Rule>) -> Rules {
-        rules.sort_by(|a, b| (a.subject, a.valid_from, a.id).cmp(&(b.subject, b.valid_from, b.id)));
+        rules.sort_by_key(|r| (r.subject, r.valid_from, r.id));
         let mut by_subject: HashMap<Pid, (u32, u32), Hasher> = HashMap::default();
         let mut start = 0;
         while start < rules.len() {

@@ -2,6 +2,8 @@
 //! Skatteverket's two test lists, the personnummer project's shared validity
 //! cases, round trips and single-digit errors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::PathBuf;
 
 use guardian_access::identity::{IdKind, make_pid};
