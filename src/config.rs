@@ -86,25 +86,22 @@ mod tests {
     use super::*;
 
     fn settings(json: &str) -> Result<Settings, ConfigError> {
-        serde_json::from_str::<RegionSettings>(json)
-            .unwrap()
-            .to_settings()
+        serde_json::from_str::<RegionSettings>(json).unwrap().to_settings()
     }
 
     #[test]
     fn defaults_and_overrides() {
         assert_eq!(settings("{}"), Ok(Settings::default()));
-        let s = settings(r#"{"leap_day_birthday": "mar1", "protected_guardian": false,
-            "excluded_care_units": ["SE2321000131-E000000000123"], "age_limits": {"guardian": 12}}"#)
+        let s = settings(
+            r#"{"leap_day_birthday": "mar1", "protected_guardian": false,
+            "excluded_care_units": ["SE2321000131-E000000000123"], "age_limits": {"guardian": 12}}"#,
+        )
         .unwrap();
         assert_eq!(s.leap_day, LeapDay::Mar1);
         assert!(!s.protected_guardian);
         assert_eq!(s.guardian_age_limit, 12);
         assert_eq!(s.own_journal_age, 16);
-        assert_eq!(
-            s.excluded_care_units[0].as_str(),
-            "SE2321000131-E000000000123"
-        );
+        assert_eq!(s.excluded_care_units[0].as_str(), "SE2321000131-E000000000123");
     }
 
     #[test]

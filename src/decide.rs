@@ -6,7 +6,8 @@
 
 use crate::identity::Pid;
 use crate::model::{HsaId, Rule, RuleKind, Service};
-use crate::snapshot::{AgeLimits, GuardianEdge, People, PersonRef, Snapshot};
+use crate::people::{AgeLimits, GuardianEdge, People, PersonRef};
+use crate::snapshot::Snapshot;
 use crate::time::Instant;
 
 /// One question.
@@ -170,18 +171,12 @@ pub fn children<'s>(
     service: Service,
     at: Instant,
 ) -> impl Iterator<Item = (Pid, Decision<'s>)> + 's {
-    let kids = snap
-        .people()
+    let people = snap.people();
+    people
         .get(guardian)
-        .map(|g| g.children)
-        .unwrap_or(&[]);
-    kids.iter().map(move |&i| {
-        let child = snap.people().child(i);
-        (
-            child.pid,
-            Pair::guardian(snap, guardian, &child, service).decision(at),
-        )
-    })
+        .into_iter()
+        .flat_map(move |g| people.children_of_ref(g))
+        .map(move |child| (child.pid, Pair::guardian(snap, guardian, &child, service).decision(at)))
 }
 
 /// A resolved question: everything about the pair except the instant, so
@@ -219,17 +214,8 @@ impl<'s> Pair<'s> {
         }
     }
 
-    fn guardian(
-        snap: &'s Snapshot,
-        actor: Pid,
-        subject: &PersonRef<'s>,
-        service: Service,
-    ) -> Pair<'s> {
-        let guardian = subject
-            .guardians
-            .iter()
-            .copied()
-            .find(|e| e.pid_value() == actor.get());
+    fn guardian(snap: &'s Snapshot, actor: Pid, subject: &PersonRef<'s>, service: Service) -> Pair<'s> {
+        let guardian = subject.guardians.iter().copied().find(|e| e.pid_value() == actor.get());
         Pair {
             snap,
             actor,
@@ -269,8 +255,7 @@ impl<'s> Pair<'s> {
             reason: outcome.reason,
             listing: (!self.own).then(|| listing(outcome.reason, self.service)),
             care_units: outcome.care_units,
-            excluded_care_units: (self.service == Service::Journal)
-                .then_some(settings.excluded_care_units.as_slice()),
+            excluded_care_units: (self.service == Service::Journal).then_some(settings.excluded_care_units.as_slice()),
             valid_until: self.valid_until(t, outcome),
             revision: self.snap.revision(),
         }
@@ -343,11 +328,7 @@ impl<'s> Pair<'s> {
         if self.any_active(t, RuleKind::Seal) {
             return reason(Reason::Sealed);
         }
-        reason(if early {
-            Reason::EarlyAccess
-        } else {
-            Reason::OwnAccess
-        })
+        reason(if early { Reason::EarlyAccess } else { Reason::OwnAccess })
     }
 
     /// Whether `rule` can bear on this pair and service at all.
@@ -355,9 +336,7 @@ impl<'s> Pair<'s> {
         match rule.kind {
             RuleKind::Seal => rule.services.covers(self.service),
             RuleKind::Block => {
-                !self.own
-                    && rule.services.covers(self.service)
-                    && rule.guardian.is_none_or(|g| g == self.actor)
+                !self.own && rule.services.covers(self.service) && rule.guardian.is_none_or(|g| g == self.actor)
             }
             // Extended and early access are journal-only, whatever else a grant says.
             RuleKind::ExtendedAccess => {
@@ -396,10 +375,7 @@ impl<'s> Pair<'s> {
         // These answers depend on no instant: only a write can change them.
         if matches!(
             at_t.reason,
-            Reason::NotGuardian
-                | Reason::ProtectedSubject
-                | Reason::ProtectedGuardian
-                | Reason::UnknownAge
+            Reason::NotGuardian | Reason::ProtectedSubject | Reason::ProtectedGuardian | Reason::UnknownAge
         ) {
             return None;
         }
@@ -464,29 +440,16 @@ mod tests {
         let tz = snap.tz().clone();
         let at = crate::time::parse_instant("2026-11-23T10:00:00+01:00", &tz).unwrap();
         let guardian = Pid::parse("197701012382", jiff::civil::date(2026, 11, 23)).unwrap();
-        let mut list: Vec<(String, Reason, Option<Listing>)> =
-            children(&snap, guardian, Service::Journal, at)
-                .map(|(pid, d)| (pid.to_string(), d.reason, d.listing))
-                .collect();
+        let mut list: Vec<(String, Reason, Option<Listing>)> = children(&snap, guardian, Service::Journal, at)
+            .map(|(pid, d)| (pid.to_string(), d.reason, d.listing))
+            .collect();
         list.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(
             list,
             vec![
-                (
-                    "201103012389".to_owned(),
-                    Reason::AgedOut,
-                    Some(Listing::Hidden)
-                ),
-                (
-                    "201406012383".to_owned(),
-                    Reason::Blocked,
-                    Some(Listing::Disabled)
-                ),
-                (
-                    "201509162390".to_owned(),
-                    Reason::Guardian,
-                    Some(Listing::Enabled)
-                ),
+                ("201103012389".to_owned(), Reason::AgedOut, Some(Listing::Hidden)),
+                ("201406012383".to_owned(), Reason::Blocked, Some(Listing::Disabled)),
+                ("201509162390".to_owned(), Reason::Guardian, Some(Listing::Enabled)),
                 (
                     "201801012392".to_owned(),
                     Reason::ProtectedSubject,
@@ -519,23 +482,11 @@ mod tests {
 
     #[test]
     fn listing_follows_the_seed() {
-        assert_eq!(
-            listing(Reason::Guardian, Service::Eservices),
-            Listing::Enabled
-        );
+        assert_eq!(listing(Reason::Guardian, Service::Eservices), Listing::Enabled);
         assert_eq!(listing(Reason::Sealed, Service::Journal), Listing::Disabled);
-        assert_eq!(
-            listing(Reason::Blocked, Service::Journal),
-            Listing::Disabled
-        );
-        assert_eq!(
-            listing(Reason::Blocked, Service::Eservices),
-            Listing::Hidden
-        );
+        assert_eq!(listing(Reason::Blocked, Service::Journal), Listing::Disabled);
+        assert_eq!(listing(Reason::Blocked, Service::Eservices), Listing::Hidden);
         assert_eq!(listing(Reason::AgedOut, Service::Journal), Listing::Hidden);
-        assert_eq!(
-            listing(Reason::NotGuardian, Service::Journal),
-            Listing::Hidden
-        );
+        assert_eq!(listing(Reason::NotGuardian, Service::Journal), Listing::Hidden);
     }
 }

@@ -136,8 +136,7 @@ impl Scenario {
     /// Reads a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, FixtureError> {
         let name = path.display().to_string();
-        let text =
-            std::fs::read_to_string(path).map_err(|e| FixtureError::Read(name.clone(), e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| FixtureError::Read(name.clone(), e))?;
         serde_json::from_str(&text).map_err(|e| FixtureError::Json(name, e))
     }
 
@@ -159,13 +158,13 @@ impl Scenario {
         for (i, p) in self.people.iter().enumerate() {
             let at = |f: &str| format!("people[{i}].{f}");
             let id = pid(&p.id, &at("id"))?;
-            let birth =
-                match &p.birth_date {
-                    Some(d) => Some(d.parse::<Date>().map_err(|_| {
-                        FixtureError::Instant(at("birth_date"), InstantError::Format)
-                    })?),
-                    None => None,
-                };
+            let birth = match &p.birth_date {
+                Some(d) => Some(
+                    d.parse::<Date>()
+                        .map_err(|_| FixtureError::Instant(at("birth_date"), InstantError::Format))?,
+                ),
+                None => None,
+            };
             let guardians = p
                 .guardians
                 .iter()
@@ -193,8 +192,7 @@ impl Scenario {
 impl RuleFile {
     fn to_rule(&self, id: RuleId, at: &str, tz: &TimeZone) -> Result<Rule, FixtureError> {
         let field = |f: &str| format!("{at}.{f}");
-        let kind = RuleKind::parse(&self.kind)
-            .ok_or_else(|| FixtureError::Field(field("kind"), "unknown kind"))?;
+        let kind = RuleKind::parse(&self.kind).ok_or_else(|| FixtureError::Field(field("kind"), "unknown kind"))?;
         let services = match &self.services {
             None => kind.default_services(),
             Some(list) => list.iter().try_fold(Services::NONE, |acc, s| {
@@ -203,20 +201,14 @@ impl RuleFile {
                     .ok_or_else(|| FixtureError::Field(field("services"), "unknown service"))
             })?,
         };
-        let instant = |s: &str, f: &str| {
-            time::parse_instant(s, tz).map_err(|e| FixtureError::Instant(field(f), e))
-        };
-        let opt_instant =
-            |s: &Option<String>, f: &str| s.as_deref().map(|s| instant(s, f)).transpose();
+        let instant = |s: &str, f: &str| time::parse_instant(s, tz).map_err(|e| FixtureError::Instant(field(f), e));
+        let opt_instant = |s: &Option<String>, f: &str| s.as_deref().map(|s| instant(s, f)).transpose();
         let care_units = match &self.care_units {
             None => None,
             Some(units) => Some(
                 units
                     .iter()
-                    .map(|u| {
-                        HsaId::parse(u)
-                            .map_err(|_| FixtureError::Field(field("care_units"), "not an HSA-ID"))
-                    })
+                    .map(|u| HsaId::parse(u).map_err(|_| FixtureError::Field(field("care_units"), "not an HSA-ID")))
                     .collect::<Result<Arc<[HsaId]>, _>>()?,
             ),
         };
@@ -244,10 +236,8 @@ impl CaseFile {
         Ok(Query {
             actor: pid(&self.actor, "actor")?,
             subject: pid(&self.subject, "subject")?,
-            service: Service::parse(&self.service)
-                .ok_or(FixtureError::Field("service".into(), "unknown service"))?,
-            at: time::parse_instant(&self.at, tz)
-                .map_err(|e| FixtureError::Instant("at".into(), e))?,
+            service: Service::parse(&self.service).ok_or(FixtureError::Field("service".into(), "unknown service"))?,
+            at: time::parse_instant(&self.at, tz).map_err(|e| FixtureError::Instant("at".into(), e))?,
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod decide;
 pub mod fixtures;
 pub mod identity;
 pub mod model;
+pub mod people;
 pub mod snapshot;
 pub mod synth;
 pub mod time;

@@ -81,9 +81,7 @@ impl Services {
 
 impl fmt::Debug for Services {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set()
-            .entries(self.iter().map(Service::as_str))
-            .finish()
+        f.debug_set().entries(self.iter().map(Service::as_str)).finish()
     }
 }
 
@@ -143,9 +141,7 @@ pub struct HsaId(Box<str>);
 
 /// Why a string is not an HSA-ID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "must be an HSA-ID: `SE`, a 10-digit organisation number, `-`, then 1-17 letters or digits"
-)]
+#[error("must be an HSA-ID: `SE`, a 10-digit organisation number, `-`, then 1-17 letters or digits")]
 pub struct HsaIdError;
 
 impl HsaId {
@@ -158,11 +154,7 @@ impl HsaId {
             && b[2..12].iter().all(u8::is_ascii_digit)
             && b[12] == b'-'
             && b[13..].iter().all(u8::is_ascii_alphanumeric);
-        if ok {
-            Ok(HsaId(s.into()))
-        } else {
-            Err(HsaIdError)
-        }
+        if ok { Ok(HsaId(s.into())) } else { Err(HsaIdError) }
     }
 
     /// The HSA-ID as text.
@@ -261,7 +253,8 @@ impl Default for Settings {
             own_journal_age: 16,
             leap_day: LeapDay::Feb28,
             protected_guardian: true,
-            disabled_message: "Du har för närvarande inte tillgång till {name}s journal. Vid frågor kontakta din region".into(),
+            disabled_message:
+                "Du har för närvarande inte tillgång till {name}s journal. Vid frågor kontakta din region".into(),
             excluded_care_units: Vec::new(),
         }
     }
@@ -297,17 +290,10 @@ mod tests {
 
     #[test]
     fn services_and_kinds() {
-        assert!(
-            RuleKind::Block
-                .default_services()
-                .covers(Service::Eservices)
-        );
+        assert!(RuleKind::Block.default_services().covers(Service::Eservices));
         assert!(!RuleKind::Seal.default_services().covers(Service::Eservices));
         assert!(RuleKind::Seal.default_services().covers(Service::Journal));
-        assert_eq!(
-            format!("{:?}", Services::BOTH),
-            r#"{"journal", "eservices"}"#
-        );
+        assert_eq!(format!("{:?}", Services::BOTH), r#"{"journal", "eservices"}"#);
         for k in ["block", "seal", "extended_access", "early_access"] {
             assert_eq!(RuleKind::parse(k).map(RuleKind::as_str), Some(k));
         }

@@ -122,18 +122,49 @@ impl Numbers {
     }
 }
 
-/// Generates a population of `scale` from `seed`, around 2026-11-23.
+/// Generated input, not yet built into a snapshot: what a population import
+/// and the restrictions table would hand the builder.
+#[derive(Debug)]
+pub struct Population {
+    people: PeopleBuilder,
+    rules: Vec<Rule>,
+    children: Vec<Pid>,
+    guardians: Vec<Pid>,
+    reference: Instant,
+}
+
+/// Generates and builds a population of `scale` from `seed`.
 pub fn generate(scale: Scale, seed: u64) -> Result<Synthetic, BuildError> {
+    population(scale, seed)?.build()
+}
+
+impl Population {
+    /// Builds the snapshot (default settings, revision 1).
+    pub fn build(self) -> Result<Synthetic, BuildError> {
+        let tz = time::stockholm()?;
+        let settings = Settings::default();
+        let people = self.people.build(&settings, &tz)?;
+        let snapshot = Snapshot::new(
+            1,
+            Arc::new(settings),
+            Arc::new(people),
+            Arc::new(Rules::new(self.rules)),
+        )?;
+        Ok(Synthetic {
+            snapshot,
+            children: self.children,
+            guardians: self.guardians,
+            reference: self.reference,
+        })
+    }
+}
+
+/// Generates a population of `scale` from `seed`, around 2026-11-23.
+pub fn population(scale: Scale, seed: u64) -> Result<Population, BuildError> {
     let mut rng = Rng::new(seed);
     let reference_day = jiff::civil::date(2026, 11, 23);
-    let mut kids = Numbers::new(
-        jiff::civil::date(2009, 1, 1),
-        jiff::civil::date(2026, 11, 22),
-    );
-    let mut adults = Numbers::new(
-        jiff::civil::date(1960, 1, 1),
-        jiff::civil::date(2000, 12, 31),
-    );
+    let mut kids = Numbers::new(jiff::civil::date(2009, 1, 1), jiff::civil::date(2026, 11, 22));
+    let mut adults = Numbers::new(jiff::civil::date(1960, 1, 1), jiff::civil::date(2000, 12, 31));
     let mut children = Vec::with_capacity(scale.children);
     let mut child_guardians: Vec<[Option<Pid>; 2]> = Vec::with_capacity(scale.children);
     let mut guardians = Vec::with_capacity(scale.children * 13 / 10);
@@ -143,11 +174,7 @@ pub fn generate(scale: Scale, seed: u64) -> Result<Synthetic, BuildError> {
             break;
         };
         guardians.push(first);
-        let second = if rng.percent(97) {
-            adults.make(&mut rng)
-        } else {
-            None
-        };
+        let second = if rng.percent(97) { adults.make(&mut rng) } else { None };
         if let Some(s) = second {
             guardians.push(s);
         }
@@ -175,8 +202,7 @@ pub fn generate(scale: Scale, seed: u64) -> Result<Synthetic, BuildError> {
         protected.insert(pid);
     }
 
-    let mut people =
-        PeopleBuilder::with_capacity(children.len() + guardians.len(), children.len() * 2);
+    let mut people = PeopleBuilder::with_capacity(children.len() + guardians.len(), children.len() * 2);
     for g in &guardians {
         people.person(*g, None, protected.contains(g), &[]);
     }
@@ -187,23 +213,10 @@ pub fn generate(scale: Scale, seed: u64) -> Result<Synthetic, BuildError> {
 
     let tz = time::stockholm()?;
     let reference = time::local_midnight(reference_day, &tz).ok_or(BuildError::BirthDateRange)?;
-    let rules = make_rules(
-        scale.rules,
-        &children,
-        &child_guardians,
-        reference,
-        &mut rng,
-    );
-    let settings = Settings::default();
-    let people = people.build(&settings, &tz)?;
-    let snapshot = Snapshot::new(
-        1,
-        Arc::new(settings),
-        Arc::new(people),
-        Arc::new(Rules::new(rules)),
-    )?;
-    Ok(Synthetic {
-        snapshot,
+    let rules = make_rules(scale.rules, &children, &child_guardians, reference, &mut rng);
+    Ok(Population {
+        people,
+        rules,
         children,
         guardians,
         reference,
@@ -280,12 +293,7 @@ impl Synthetic {
                 let actor = match rng.below(10) {
                     0 => child,
                     1 => self.guardians[rng.below(self.guardians.len())],
-                    _ => self
-                        .snapshot
-                        .people()
-                        .guardians_of(child)
-                        .next()
-                        .unwrap_or(child),
+                    _ => self.snapshot.people().guardians_of(child).next().unwrap_or(child),
                 };
                 Query {
                     actor,

@@ -107,9 +107,7 @@ pub fn local_date(at: Instant, tz: &TimeZone) -> Date {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum InstantError {
     /// Neither RFC 3339 with an offset nor a plain date.
-    #[error(
-        "must be RFC 3339 with an offset (`2026-11-23T10:00:00+01:00`) or a date (`2026-11-23`)"
-    )]
+    #[error("must be RFC 3339 with an offset (`2026-11-23T10:00:00+01:00`) or a date (`2026-11-23`)")]
     Format,
     /// Outside the supported years.
     #[error("must be between the years 1678 and 2261")]
@@ -183,23 +181,14 @@ mod tests {
         assert_eq!(birthday(born, 13, LeapDay::Feb28), Some(date(2025, 2, 28)));
         assert_eq!(birthday(born, 13, LeapDay::Mar1), Some(date(2025, 3, 1)));
         assert_eq!(birthday(born, 16, LeapDay::Feb28), Some(date(2028, 2, 29)));
-        assert_eq!(
-            birthday(date(2012, 3, 1), 13, LeapDay::Feb28),
-            Some(date(2025, 3, 1))
-        );
+        assert_eq!(birthday(date(2012, 3, 1), 13, LeapDay::Feb28), Some(date(2025, 3, 1)));
     }
 
     #[test]
     fn parses_api_instants() {
         let tz = tz();
-        assert_eq!(
-            parse_instant("2026-11-23", &tz),
-            Ok(at("2026-11-23T00:00:00+01:00"))
-        );
-        assert_eq!(
-            parse_instant("2026-07-01", &tz),
-            Ok(at("2026-06-30T22:00:00Z"))
-        );
+        assert_eq!(parse_instant("2026-11-23", &tz), Ok(at("2026-11-23T00:00:00+01:00")));
+        assert_eq!(parse_instant("2026-07-01", &tz), Ok(at("2026-06-30T22:00:00Z")));
         assert_eq!(
             parse_instant("2026-11-23T10:00:00+01:00", &tz),
             Ok(at("2026-11-23T09:00:00Z"))
@@ -208,33 +197,21 @@ mod tests {
             parse_instant("2026-11-23T10:00:00Z", &tz),
             Ok(at("2026-11-23T10:00:00Z"))
         );
-        assert_eq!(
-            parse_instant("2026-11-23T10:00:00", &tz),
-            Err(InstantError::Format)
-        );
+        assert_eq!(parse_instant("2026-11-23T10:00:00", &tz), Err(InstantError::Format));
         assert_eq!(parse_instant("2026-02-30", &tz), Err(InstantError::Format));
         assert_eq!(parse_instant("yesterday", &tz), Err(InstantError::Format));
         assert_eq!(
             parse_instant("2026-11-23T10:00:00+01:00[Europe/Stockholm]", &tz),
             Err(InstantError::Format)
         );
-        assert_eq!(
-            parse_instant("2400-01-01T00:00:00Z", &tz),
-            Err(InstantError::Range)
-        );
+        assert_eq!(parse_instant("2400-01-01T00:00:00Z", &tz), Err(InstantError::Range));
     }
 
     #[test]
     fn instants_round_trip_and_refuse_out_of_range() {
         let i = at("2026-11-23T10:00:00.123456789+01:00");
         assert_eq!(Instant::from_timestamp(i.to_timestamp()), Some(i));
-        assert_eq!(
-            Instant::from_timestamp("2300-01-01T00:00:00Z".parse().unwrap()),
-            None
-        );
-        assert_eq!(
-            local_date(at("2026-11-22T23:30:00Z"), &tz()),
-            date(2026, 11, 23)
-        );
+        assert_eq!(Instant::from_timestamp("2300-01-01T00:00:00Z".parse().unwrap()), None);
+        assert_eq!(local_date(at("2026-11-22T23:30:00Z"), &tz()), date(2026, 11, 23));
     }
 }

@@ -39,10 +39,7 @@ fn check(snap: &Snapshot, case: &CaseFile) -> Vec<String> {
             .get(field)
             .unwrap_or_else(|| panic!("case `{}`: unknown field `{field}`", case.name));
         if got != want {
-            diffs.push(format!(
-                "{}: `{field}` is {got}, expected {want}",
-                case.name
-            ));
+            diffs.push(format!("{}: `{field}` is {got}, expected {want}", case.name));
         }
     }
     // The decision and the reason must agree whatever the fixture says.
@@ -62,17 +59,9 @@ fn every_decision_case_holds() {
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         for case in &scenario.cases {
             total += 1;
-            reasons.insert(
-                case.expect["reason"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            );
+            reasons.insert(case.expect["reason"].as_str().unwrap_or_default().to_owned());
             for d in check(&snap, case) {
-                failures.push(format!(
-                    "{}: {d}",
-                    file.file_name().unwrap().to_string_lossy()
-                ));
+                failures.push(format!("{}: {d}", file.file_name().unwrap().to_string_lossy()));
             }
         }
     }
@@ -84,11 +73,7 @@ fn every_decision_case_holds() {
     );
     assert!(total >= 80, "only {total} decision cases");
     for r in guardian_access::Reason::ALL {
-        assert!(
-            reasons.contains(r.as_str()),
-            "no case expects `{}`",
-            r.as_str()
-        );
+        assert!(reasons.contains(r.as_str()), "no case expects `{}`", r.as_str());
     }
     println!("{total} decision cases hold");
 }

@@ -39,16 +39,8 @@ fn every_skatteverket_personnummer() {
         assert_eq!(born.strftime("%Y%m%d").to_string(), n[..8]);
         // The 12-digit form with a separator, and the 10-digit form with the
         // separator the rule gives today.
-        assert_eq!(
-            Pid::parse(&format!("{}-{}", &n[..8], &n[8..]), TODAY),
-            Ok(pid)
-        );
-        let short = format!(
-            "{}{}{}",
-            &n[2..8],
-            separator(born.year(), TODAY.year()),
-            &n[8..]
-        );
+        assert_eq!(Pid::parse(&format!("{}-{}", &n[..8], &n[8..]), TODAY), Ok(pid));
+        let short = format!("{}{}{}", &n[2..8], separator(born.year(), TODAY.year()), &n[8..]);
         assert_eq!(Pid::parse(&short, TODAY), Ok(pid), "{short}");
     }
 }
@@ -64,13 +56,7 @@ fn every_skatteverket_samordningsnummer() {
         assert_eq!(pid.kind(), IdKind::Samordningsnummer);
         let (month, day) = (&n[4..6], &n[6..8]);
         let year: i16 = n[..4].parse().unwrap();
-        let exists = month != "00"
-            && Date::new(
-                year,
-                month.parse().unwrap(),
-                day.parse::<i8>().unwrap() - 60,
-            )
-            .is_ok();
+        let exists = month != "00" && Date::new(year, month.parse().unwrap(), day.parse::<i8>().unwrap() - 60).is_ok();
         assert_eq!(pid.birth_date().is_some(), exists, "{n}");
         if let Some(born) = pid.birth_date() {
             let day: i8 = day.parse().unwrap();
@@ -92,16 +78,10 @@ fn every_skatteverket_samordningsnummer() {
 fn shared_validity_list() {
     let dir = std::env::var_os("GUARDIAN_SHARED_TESTDATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/personnummer")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/personnummer"));
     let path = dir.join("list.json");
     let Ok(text) = std::fs::read_to_string(&path) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide {}",
-            path.display()
-        );
+        assert!(std::env::var_os("CI").is_none(), "CI must provide {}", path.display());
         eprintln!(
             "\n*** SKIPPED shared_validity_list: {} not found (set GUARDIAN_SHARED_TESTDATA) ***\n",
             path.display()
@@ -123,20 +103,12 @@ fn shared_validity_list() {
             })
         })
         .collect();
-    assert!(
-        !made_in.is_empty(),
-        "no year makes every separator in list.json right"
-    );
+    assert!(!made_in.is_empty(), "no year makes every separator in list.json right");
     let file_day = date(*made_in.last().unwrap(), 6, 1);
 
     for c in &cases {
         let long = field(c, "long_format");
-        let forms = [
-            "long_format",
-            "short_format",
-            "separated_format",
-            "separated_long",
-        ];
+        let forms = ["long_format", "short_format", "separated_format", "separated_long"];
         if c["valid"] == false {
             for f in forms {
                 assert!(
@@ -160,12 +132,7 @@ fn shared_validity_list() {
         // Today, with the separator the rule gives now.
         let born = pid.year();
         let short = field(c, "short_format");
-        let now_form = format!(
-            "{}{}{}",
-            &short[..6],
-            separator(born, TODAY.year()),
-            &short[6..]
-        );
+        let now_form = format!("{}{}{}", &short[..6], separator(born, TODAY.year()), &short[6..]);
         assert_eq!(Pid::parse(&now_form, TODAY), Ok(pid));
         // Without a separator a 10-digit number means under 100.
         let bare = Pid::parse(&short, TODAY).unwrap();
@@ -202,9 +169,8 @@ fn error_codes_and_messages_never_echo_the_number() {
 
 /// Valid parts for a generated number.
 fn parts() -> impl Strategy<Value = (i16, u8, u8, u16)> {
-    (1890i16..=2026, 1u8..=12, 1u8..=31, 1u16..=999).prop_filter("a real date", |(y, m, d, _)| {
-        Date::new(*y, *m as i8, *d as i8).is_ok()
-    })
+    (1890i16..=2026, 1u8..=12, 1u8..=31, 1u16..=999)
+        .prop_filter("a real date", |(y, m, d, _)| Date::new(*y, *m as i8, *d as i8).is_ok())
 }
 
 proptest! {
