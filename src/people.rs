@@ -274,7 +274,7 @@ impl People {
     /// Heap bytes held, counted from capacities.
     pub fn heap_bytes(&self) -> usize {
         use std::mem::size_of;
-        self.slots.get().len() * size_of::<Slot>()
+        std::mem::size_of_val(self.slots.get())
             + (self.child_offsets.capacity() + self.child_edges.capacity()) * size_of::<u32>()
             + self.more_guardians.capacity() * (size_of::<(u64, Box<[GuardianEdge]>)>() + 1)
             + self
