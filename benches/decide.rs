@@ -1,1 +1,95 @@
-fn main() {}
+//! Criterion benches of the decision core over a synthetic population.
+//!
+//! `GA_BENCH_SCALE` sets the population as a fraction of national scale
+//! (default 1.0: 2.2 million children). CI runs a small scale in quick mode.
+//!
+//! - `decide/random_pairs`: a check over random pairs (cold memory at national scale);
+//! - `decide/hot_pairs`: the same over 1,000 pairs that stay in cache (the CPU cost);
+//! - `decide/while_swapping`: a check through `ArcSwap` while another thread
+//!   keeps swapping in new snapshots;
+//! - `children/switch_list`: a guardian's switch list.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use criterion::{criterion_group, criterion_main, Criterion};
+use guardian_access::synth::{self, Scale, Synthetic};
+use guardian_access::{children, decide, Rules, Service};
+
+fn population() -> Synthetic {
+    let fraction = std::env::var("GA_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    synth::generate(Scale::fraction(fraction), 42).unwrap()
+}
+
+fn benches(c: &mut Criterion) {
+    let synthetic = population();
+    let snap = &synthetic.snapshot;
+    let queries = synthetic.queries(1 << 20, 7);
+    let mask = queries.len() - 1;
+
+    let mut group = c.benchmark_group("decide");
+    let mut i = 0;
+    group.bench_function("random_pairs", |b| {
+        b.iter(|| {
+            i = (i + 1) & mask;
+            black_box(decide(snap, black_box(&queries[i])))
+        })
+    });
+    let mut i = 0;
+    group.bench_function("hot_pairs", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            black_box(decide(snap, black_box(&queries[i])))
+        })
+    });
+
+    // A writer thread keeps swapping in snapshots that share the population
+    // and carry a fresh copy of the rules, as a restriction write would.
+    let current = Arc::new(ArcSwap::from_pointee(snap.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (current, stop, base) = (current.clone(), stop.clone(), snap.clone());
+        let rules = Arc::new(Rules::new(base.rules().all().to_vec()));
+        std::thread::spawn(move || {
+            let mut revision = base.revision();
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                revision += 1;
+                current.store(Arc::new(base.with_rules(revision, rules.clone())));
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let mut i = 0;
+    group.bench_function("while_swapping", |b| {
+        b.iter(|| {
+            i = (i + 1) & mask;
+            let snapshot = current.load();
+            black_box(decide(&snapshot, black_box(&queries[i])).revision)
+        })
+    });
+    stop.store(true, Ordering::Relaxed);
+    let swaps = writer.join().unwrap();
+    println!("decide/while_swapping: the writer swapped {swaps} snapshots meanwhile");
+    group.finish();
+
+    let mut group = c.benchmark_group("children");
+    let mut i = 0;
+    let guardians = &synthetic.guardians;
+    group.bench_function("switch_list", |b| {
+        b.iter(|| {
+            i = (i + 1) % guardians.len();
+            let list = children(snap, black_box(guardians[i]), Service::Journal, synthetic.reference);
+            black_box(list.map(|(_, d)| d.reason as u32).sum::<u32>())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(decide_benches, benches);
+criterion_main!(decide_benches);
