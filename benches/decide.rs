@@ -12,16 +12,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{Criterion, criterion_group, criterion_main};
 use guardian_access::synth::{self, Scale, Synthetic};
-use guardian_access::{children, decide, Rules, Service};
+use guardian_access::{Rules, Service, children, decide};
 
 fn population() -> Synthetic {
-    let fraction = std::env::var("GA_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let fraction = std::env::var("GA_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
     synth::generate(Scale::fraction(fraction), 42).unwrap()
 }
 

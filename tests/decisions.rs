@@ -1,5 +1,5 @@
-//! Data-driven decision cases: every file in `fixtures/decisions/` is a
-//! scenario (people, restrictions, grants) with questions and the answers
+//! Data-driven decision cases: every file in `fixtures/decisions/`, and the
+//! demo region `fixtures/demo.json`, is a scenario (people, restrictions, grants) with questions and the answers
 //! expected. Adding a case is adding data; `check` is the one helper.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -18,6 +18,7 @@ fn scenario_files() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     files.sort();
+    files.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo.json"));
     files
 }
 

@@ -1,0 +1,177 @@
+//! The `guardian-access` command line, run as a real process against the
+//! demo region.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_guardian-access"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+const AT: &str = "2026-11-23T10:00:00+01:00";
+
+#[test]
+fn check_answers_from_the_demo_region() {
+    let body = json(&run(&[
+        "check",
+        "--actor",
+        "197701012382",
+        "--subject",
+        "20150916-2390",
+        "--at",
+        AT,
+    ]));
+    assert_eq!(body["decision"], "allow");
+    assert_eq!(body["reason"], "guardian");
+    assert_eq!(body["valid_until"], "2028-09-16T00:00:00+02:00");
+    assert_eq!(body["at"], AT);
+}
+
+#[test]
+fn check_denies_a_blocked_guardian_in_eservices() {
+    let body = json(&run(&[
+        "check",
+        "--actor",
+        "198001032385",
+        "--subject",
+        "201801012392",
+        "--service",
+        "eservices",
+        "--at",
+        AT,
+    ]));
+    assert_eq!(body["decision"], "deny");
+    assert_eq!(body["reason"], "blocked");
+    assert_eq!(body["listing"], "hidden");
+}
+
+#[test]
+fn ten_digit_numbers_resolve_against_the_evaluation_date() {
+    // With `-`, 770101-2382 is the most recent 1x77 not in the future: 1977.
+    let body = json(&run(&[
+        "check",
+        "--actor",
+        "7701012382",
+        "--subject",
+        "7701012382",
+        "--at",
+        AT,
+    ]));
+    assert_eq!(body["reason"], "own_access");
+}
+
+#[test]
+fn a_bad_identity_names_the_field_and_not_the_number() {
+    let out = run(&[
+        "check",
+        "--actor",
+        "197701012382",
+        "--subject",
+        "201509162391",
+        "--at",
+        AT,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`subject`"), "{err}");
+    assert!(err.contains("invalid_identifier"), "{err}");
+    assert!(!err.contains("201509162391") && !err.contains("2015091623"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_reserve_number_is_unsupported() {
+    let out = run(&[
+        "check",
+        "--actor",
+        "19810829M071",
+        "--subject",
+        "201509162390",
+        "--at",
+        AT,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`actor`: unsupported_identifier"), "{err}");
+}
+
+#[test]
+fn bad_service_and_time_name_their_field() {
+    let out = run(&[
+        "check",
+        "--actor",
+        "197701012382",
+        "--subject",
+        "201509162390",
+        "--service",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`service`"));
+
+    let out = run(&[
+        "check",
+        "--actor",
+        "197701012382",
+        "--subject",
+        "201509162390",
+        "--at",
+        "2026-11-23T10:00:00",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`at`"));
+}
+
+#[test]
+fn a_missing_scenario_is_a_clear_error() {
+    let out = run(&[
+        "check",
+        "--scenario",
+        "no/such.json",
+        "--actor",
+        "197701012382",
+        "--subject",
+        "201509162390",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read `no/such.json`"));
+}
+
+#[test]
+fn children_lists_the_switch_list_with_each_answer() {
+    let list = json(&run(&["children", "--guardian", "198501012390", "--at", AT]));
+    let list = list.as_array().unwrap();
+    let mut got: Vec<(String, String)> = list
+        .iter()
+        .map(|e| {
+            (
+                e["subject"].as_str().unwrap().to_owned(),
+                e["answer"]["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("201105152381".to_owned(), "aged_out".to_owned()),
+            ("201303292385".to_owned(), "extended_access".to_owned()),
+        ]
+    );
+}
+
+#[test]
+fn children_of_someone_with_none_is_an_empty_list() {
+    let list = json(&run(&["children", "--guardian", "201509162390", "--at", AT]));
+    assert_eq!(list, serde_json::json!([]));
+}
