@@ -5,8 +5,9 @@
 //!
 //! - `decide/random_pairs`: a check over random pairs (cold memory at national scale);
 //! - `decide/hot_pairs`: the same over 1,000 pairs that stay in cache (the CPU cost);
-//! - `decide/while_swapping`: a check through `ArcSwap` while another thread
-//!   keeps swapping in new snapshots;
+//! - `decide/while_swapping_every_ms`, `decide/while_swapping_flat_out`: a
+//!   check through `ArcSwap` while another thread swaps in new snapshots once
+//!   a millisecond, or as fast as it can;
 //! - `children/switch_list`: a guardian's switch list.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -14,11 +15,13 @@
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use criterion::{Criterion, criterion_group, criterion_main};
 use guardian_access::synth::{self, Scale, Synthetic};
-use guardian_access::{Rules, Service, children, decide};
+use guardian_access::{Rules, Service, Snapshot, children, decide};
 
 fn population() -> Synthetic {
     let fraction = std::env::var("GA_BENCH_SCALE")
@@ -51,34 +54,27 @@ fn benches(c: &mut Criterion) {
     });
 
     // A writer thread keeps swapping in snapshots that share the population
-    // and carry a fresh copy of the rules, as a restriction write would.
+    // and carry a fresh copy of the rules, as a restriction write would:
+    // once a millisecond (far more writes than a region makes), and flat out.
     let current = Arc::new(ArcSwap::from_pointee(snap.clone()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (current, stop, base) = (current.clone(), stop.clone(), snap.clone());
-        let rules = Arc::new(Rules::new(base.rules().all().to_vec()));
-        std::thread::spawn(move || {
-            let mut revision = base.revision();
-            let mut swaps = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                revision += 1;
-                current.store(Arc::new(base.with_rules(revision, rules.clone())));
-                swaps += 1;
-            }
-            swaps
-        })
-    };
-    let mut i = 0;
-    group.bench_function("while_swapping", |b| {
-        b.iter(|| {
-            i = (i + 1) & mask;
-            let snapshot = current.load();
-            black_box(decide(&snapshot, black_box(&queries[i])).revision)
-        })
-    });
-    stop.store(true, Ordering::Relaxed);
-    let swaps = writer.join().unwrap();
-    println!("decide/while_swapping: the writer swapped {swaps} snapshots meanwhile");
+    for (name, pause) in [
+        ("while_swapping_every_ms", Some(Duration::from_millis(1))),
+        ("while_swapping_flat_out", None),
+    ] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = swapper(current.clone(), stop.clone(), snap.clone(), pause);
+        let mut i = 0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) & mask;
+                let snapshot = current.load();
+                black_box(decide(&snapshot, black_box(&queries[i])).revision)
+            })
+        });
+        stop.store(true, Ordering::Relaxed);
+        let swaps = writer.join().unwrap();
+        println!("decide/{name}: the writer swapped {swaps} snapshots meanwhile");
+    }
     group.finish();
 
     let mut group = c.benchmark_group("children");
@@ -92,6 +88,30 @@ fn benches(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// Swaps a copy of `base` with fresh rules into `current` until `stop`,
+/// pausing between swaps if asked; returns how many it made.
+fn swapper(
+    current: Arc<ArcSwap<Snapshot>>,
+    stop: Arc<AtomicBool>,
+    base: Snapshot,
+    pause: Option<Duration>,
+) -> JoinHandle<u64> {
+    let rules = Arc::new(Rules::new(base.rules().all().to_vec()));
+    std::thread::spawn(move || {
+        let mut revision = base.revision();
+        let mut swaps = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            revision += 1;
+            current.store(Arc::new(base.with_rules(revision, rules.clone())));
+            swaps += 1;
+            if let Some(p) = pause {
+                std::thread::sleep(p);
+            }
+        }
+        swaps
+    })
 }
 
 criterion_group!(decide_benches, benches);

@@ -88,8 +88,13 @@ pub fn birthday(birth: Date, age: u8, leap: LeapDay) -> Option<Date> {
 /// exist (a zone whose clocks jump at midnight) the day starts at the first
 /// instant that does.
 pub fn local_midnight(date: Date, tz: &TimeZone) -> Option<Instant> {
-    let zoned = date.to_zoned_datetime(tz.clone()).ok()?;
-    Instant::from_timestamp(zoned.timestamp())
+    // `compatible`: in a gap, the first instant after it; in a fold, the
+    // earlier one. Borrowing `tz` (no clone) keeps this allocation-free.
+    let ts = tz
+        .to_ambiguous_timestamp(date.to_datetime(jiff::civil::Time::midnight()))
+        .compatible()
+        .ok()?;
+    Instant::from_timestamp(ts)
 }
 
 /// The instant someone born on `birth` attains `age`: 00:00 local time on

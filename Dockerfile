@@ -1,0 +1,30 @@
+# syntax=docker/dockerfile:1
+# Build: docker build -t guardian-access .
+# Run:   docker run --rm guardian-access check --actor 197701012382 --subject 201509162390
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# Dependencies first, so that a source change does not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches examples \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
+    && echo 'fn main() {}' > benches/decide.rs \
+    && cargo build --release --locked \
+    && rm -rf src benches examples
+COPY src ./src
+COPY benches ./benches
+COPY examples ./examples
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin guardian-access
+
+FROM debian:bookworm-slim AS runtime
+RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin guardian
+WORKDIR /app
+COPY --from=build /src/target/release/guardian-access /usr/local/bin/guardian-access
+COPY fixtures/demo.json ./fixtures/demo.json
+USER 10001:10001
+# The check and admin listeners (SPEC §6).
+EXPOSE 7070 7071
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/guardian-access"]
+CMD ["--help"]
