@@ -315,6 +315,12 @@ pub fn make_pid(year: i16, month: u8, day: u8, serial: u16) -> Option<Pid> {
     if !(1800..=2099).contains(&year) || serial == 0 || serial > 999 {
         return None;
     }
+    Pid::from_u64(with_check_digit(year, month, day, serial)).ok()
+}
+
+/// The 12-digit value of these parts with the right check digit, whether or
+/// not they form a valid number (`year` in 1800..=2099, `serial` below 1000).
+fn with_check_digit(year: i16, month: u8, day: u8, serial: u16) -> u64 {
     let yy = (year % 100) as u8;
     let nine = [
         yy / 10,
@@ -327,13 +333,11 @@ pub fn make_pid(year: i16, month: u8, day: u8, serial: u16) -> Option<Pid> {
         (serial / 10 % 10) as u8,
         (serial % 10) as u8,
     ];
-    let check = luhn(&nine);
-    let value = u64::from(year.unsigned_abs()) * YEAR
+    u64::from(year.unsigned_abs()) * YEAR
         + u64::from(month) * MONTH
         + u64::from(day) * DAY
         + u64::from(serial) * 10
-        + u64::from(check);
-    Pid::from_u64(value).ok()
+        + u64::from(luhn(&nine))
 }
 
 #[cfg(test)]
@@ -417,20 +421,7 @@ mod tests {
 
     /// A 12-digit value with the right check digit but no date validation.
     fn raw(y: i16, m: u8, d: u8, serial: u16) -> u64 {
-        let yy = (y % 100) as u8;
-        let nine = [
-            yy / 10,
-            yy % 10,
-            m / 10,
-            m % 10,
-            d / 10,
-            d % 10,
-            (serial / 100) as u8,
-            (serial / 10 % 10) as u8,
-            (serial % 10) as u8,
-        ];
-        let c = luhn(&nine);
-        u64::from(y as u16) * YEAR + u64::from(m) * MONTH + u64::from(d) * DAY + u64::from(serial) * 10 + u64::from(c)
+        with_check_digit(y, m, d, serial)
     }
 
     #[test]

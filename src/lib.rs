@@ -13,6 +13,8 @@ pub mod model;
 pub mod people;
 pub mod snapshot;
 pub mod synth;
+#[cfg(test)]
+mod testing;
 pub mod time;
 pub mod wire;
 

@@ -553,15 +553,8 @@ impl<'a> Midnights<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{build, pid};
     use jiff::civil::date;
-
-    fn pid(s: &str) -> Pid {
-        Pid::parse(s, date(2026, 11, 23)).unwrap()
-    }
-
-    fn build(b: PeopleBuilder) -> People {
-        b.build(&Settings::default(), &time::stockholm().unwrap()).unwrap()
-    }
 
     #[test]
     fn slots_are_32_bytes() {

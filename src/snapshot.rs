@@ -210,16 +210,8 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{build, pid};
     use crate::time::Instant;
-    use jiff::civil::date;
-
-    fn pid(s: &str) -> Pid {
-        Pid::parse(s, date(2026, 11, 23)).unwrap()
-    }
-
-    fn build(b: PeopleBuilder) -> People {
-        b.build(&Settings::default(), &time::stockholm().unwrap()).unwrap()
-    }
 
     #[test]
     fn snapshot_refuses_people_built_under_other_age_settings() {
