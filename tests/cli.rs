@@ -13,6 +13,13 @@ fn run(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `check --actor ACTOR --subject SUBJECT` and any further flags.
+fn check(actor: &str, subject: &str, more: &[&str]) -> Output {
+    let mut args = vec!["check", "--actor", actor, "--subject", subject];
+    args.extend_from_slice(more);
+    run(&args)
+}
+
 fn json(out: &Output) -> serde_json::Value {
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
@@ -22,15 +29,7 @@ const AT: &str = "2026-11-23T10:00:00+01:00";
 
 #[test]
 fn check_answers_from_the_demo_region() {
-    let body = json(&run(&[
-        "check",
-        "--actor",
-        "197701012382",
-        "--subject",
-        "20150916-2390",
-        "--at",
-        AT,
-    ]));
+    let body = json(&check("197701012382", "20150916-2390", &["--at", AT]));
     assert_eq!(body["decision"], "allow");
     assert_eq!(body["reason"], "guardian");
     assert_eq!(body["valid_until"], "2028-09-16T00:00:00+02:00");
@@ -39,17 +38,11 @@ fn check_answers_from_the_demo_region() {
 
 #[test]
 fn check_denies_a_blocked_guardian_in_eservices() {
-    let body = json(&run(&[
-        "check",
-        "--actor",
+    let body = json(&check(
         "198001032385",
-        "--subject",
         "201801012392",
-        "--service",
-        "eservices",
-        "--at",
-        AT,
-    ]));
+        &["--service", "eservices", "--at", AT],
+    ));
     assert_eq!(body["decision"], "deny");
     assert_eq!(body["reason"], "blocked");
     assert_eq!(body["listing"], "hidden");
@@ -58,29 +51,13 @@ fn check_denies_a_blocked_guardian_in_eservices() {
 #[test]
 fn ten_digit_numbers_resolve_against_the_evaluation_date() {
     // With `-`, 770101-2382 is the most recent 1x77 not in the future: 1977.
-    let body = json(&run(&[
-        "check",
-        "--actor",
-        "7701012382",
-        "--subject",
-        "7701012382",
-        "--at",
-        AT,
-    ]));
+    let body = json(&check("7701012382", "7701012382", &["--at", AT]));
     assert_eq!(body["reason"], "own_access");
 }
 
 #[test]
 fn a_bad_identity_names_the_field_and_not_the_number() {
-    let out = run(&[
-        "check",
-        "--actor",
-        "197701012382",
-        "--subject",
-        "201509162391",
-        "--at",
-        AT,
-    ]);
+    let out = check("197701012382", "201509162391", &["--at", AT]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`subject`"), "{err}");
@@ -91,15 +68,7 @@ fn a_bad_identity_names_the_field_and_not_the_number() {
 
 #[test]
 fn a_reserve_number_is_unsupported() {
-    let out = run(&[
-        "check",
-        "--actor",
-        "19810829M071",
-        "--subject",
-        "201509162390",
-        "--at",
-        AT,
-    ]);
+    let out = check("19810829M071", "201509162390", &["--at", AT]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`actor`: unsupported_identifier"), "{err}");
@@ -107,27 +76,11 @@ fn a_reserve_number_is_unsupported() {
 
 #[test]
 fn bad_service_and_time_name_their_field() {
-    let out = run(&[
-        "check",
-        "--actor",
-        "197701012382",
-        "--subject",
-        "201509162390",
-        "--service",
-        "x",
-    ]);
+    let out = check("197701012382", "201509162390", &["--service", "x"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("`service`"));
 
-    let out = run(&[
-        "check",
-        "--actor",
-        "197701012382",
-        "--subject",
-        "201509162390",
-        "--at",
-        "2026-11-23T10:00:00",
-    ]);
+    let out = check("197701012382", "201509162390", &["--at", "2026-11-23T10:00:00"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("`at`"));
 }
