@@ -7,8 +7,8 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand};
 use guardian_access::fixtures::Scenario;
 use guardian_access::time::{self, Instant};
-use guardian_access::wire::DecisionBody;
-use guardian_access::{Pid, Query, Service, Snapshot, children, decide};
+use guardian_access::wire::{ChildrenBody, DecisionBody};
+use guardian_access::{Pid, Query, Service, Snapshot, decide};
 
 /// A policy decision point for Swedish patient portals.
 #[derive(Debug, Parser)]
@@ -112,16 +112,8 @@ fn run(command: Command) -> Result<String> {
             let snap = source.snapshot()?;
             let at = at.resolve(&snap)?;
             let guardian = identity(&guardian, "guardian", time::local_date(at, snap.tz()))?;
-            let service = service_arg(&service)?;
-            let list: Vec<serde_json::Value> = children(&snap, guardian, service, at)
-                .map(|(child, d)| {
-                    serde_json::json!({
-                        "subject": child.to_string(),
-                        "answer": DecisionBody::new(&d, at, snap.tz()),
-                    })
-                })
-                .collect();
-            Ok(serde_json::to_string_pretty(&list)?)
+            let body = ChildrenBody::new(&snap, guardian, service_arg(&service)?, at);
+            Ok(serde_json::to_string_pretty(&body)?)
         }
     }
 }

@@ -7,8 +7,10 @@ use jiff::tz::TimeZone;
 use serde::Serialize;
 use serde::ser::{SerializeSeq, Serializer};
 
-use crate::decide::Decision;
-use crate::model::HsaId;
+use crate::decide::{self, Decision};
+use crate::identity::Pid;
+use crate::model::{HsaId, Service};
+use crate::snapshot::Snapshot;
 use crate::time::{Instant, format_local};
 
 /// The body of a `/v1/check` answer.
@@ -58,6 +60,49 @@ impl<'a> DecisionBody<'a> {
             valid_until: d.valid_until.map(|v| format_local(v, tz)),
             revision: d.revision,
             at: format_local(at, tz),
+        }
+    }
+}
+
+/// The body of a `/v1/children` answer: the switch list.
+#[derive(Debug, Serialize)]
+pub struct ChildrenBody {
+    /// One entry per subject the guardian is registered for.
+    pub children: Vec<ChildEntry>,
+    /// The revision decided at.
+    pub revision: u64,
+}
+
+/// One subject on the switch list.
+#[derive(Debug, Serialize)]
+pub struct ChildEntry {
+    /// The subject's canonical number.
+    pub subject: String,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The reason's wire name.
+    pub reason: &'static str,
+    /// `hidden`, `disabled` or `enabled`.
+    pub listing: Option<&'static str>,
+    /// Until when the portal may cache the entry.
+    pub valid_until: Option<String>,
+}
+
+impl ChildrenBody {
+    /// The switch list of `guardian` for `service` at `at`, in Stockholm time.
+    pub fn new(snap: &Snapshot, guardian: Pid, service: Service, at: Instant) -> ChildrenBody {
+        let children = decide::children(snap, guardian, service, at)
+            .map(|(subject, d)| ChildEntry {
+                subject: subject.to_string(),
+                decision: if d.allowed() { "allow" } else { "deny" },
+                reason: d.reason.as_str(),
+                listing: d.listing.map(|l| l.as_str()),
+                valid_until: d.valid_until.map(|v| format_local(v, snap.tz())),
+            })
+            .collect();
+        ChildrenBody {
+            children,
+            revision: snap.revision(),
         }
     }
 }
