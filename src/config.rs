@@ -46,6 +46,70 @@ pub enum ConfigError {
     /// The age limits do not hang together.
     #[error(transparent)]
     Settings(#[from] crate::model::SettingsError),
+    /// The file is not TOML of the documented shape; the message names the key.
+    #[error("{0}")]
+    File(String),
+    /// A `[server]` setting has a value that cannot be used.
+    #[error("`server.{0}`: {1}")]
+    Server(&'static str, &'static str),
+}
+
+/// The config file (`--config`, TOML): the region settings at the top level
+/// and an optional `[server]` table with the listener's settings. Every key
+/// is optional; flags and environment variables override the file.
+#[derive(Debug, Default)]
+pub struct ConfigFile {
+    /// The region settings.
+    pub region: RegionSettings,
+    /// The `[server]` table.
+    pub server: ServerFile,
+}
+
+/// `[server]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// Where the check listener binds.
+    pub check_addr: Option<String>,
+    /// Most connections open at once.
+    pub max_connections: Option<usize>,
+    /// Milliseconds a client has to send its request head.
+    pub header_read_timeout_ms: Option<u64>,
+    /// Milliseconds an idle keep-alive connection is kept.
+    pub idle_timeout_ms: Option<u64>,
+    /// `text` or `json`.
+    pub log_format: Option<String>,
+    /// Header names for `/v1/authz`.
+    pub authz_headers: Option<AuthzHeadersFile>,
+}
+
+/// `[server.authz_headers]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthzHeadersFile {
+    /// Default `x-actor-id`.
+    pub actor: Option<String>,
+    /// Default `x-subject-id`.
+    pub subject: Option<String>,
+    /// Default `x-service`.
+    pub service: Option<String>,
+}
+
+impl ConfigFile {
+    /// Parses the TOML text of a config file.
+    pub fn parse(text: &str) -> Result<ConfigFile, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::File(e.message().to_owned()))?;
+        let server = match table.remove("server") {
+            None => ServerFile::default(),
+            Some(v) => v
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::File(format!("`server`: {}", e.message())))?,
+        };
+        let region = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::File(e.message().to_owned()))?;
+        Ok(ConfigFile { region, server })
+    }
 }
 
 impl RegionSettings {
@@ -113,5 +177,43 @@ mod tests {
         let e = settings(r#"{"age_limits": {"guardian": 16, "own_journal": 16}}"#).unwrap_err();
         assert!(e.to_string().starts_with("`age_limits`"), "{e}");
         assert!(serde_json::from_str::<RegionSettings>(r#"{"leap_day": "feb28"}"#).is_err());
+    }
+
+    #[test]
+    fn a_config_file_holds_region_and_server_settings() {
+        let f = ConfigFile::parse(
+            r#"
+            leap_day_birthday = "mar1"
+            excluded_care_units = ["SE2321000131-E000000000123"]
+            [age_limits]
+            guardian = 13
+            [server]
+            check_addr = "0.0.0.0:7070"
+            max_connections = 10
+            [server.authz_headers]
+            actor = "x-user"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(f.region.to_settings().unwrap().leap_day, LeapDay::Mar1);
+        assert_eq!(f.server.check_addr.as_deref(), Some("0.0.0.0:7070"));
+        assert_eq!(f.server.max_connections, Some(10));
+        assert_eq!(f.server.authz_headers.unwrap().actor.as_deref(), Some("x-user"));
+        assert!(ConfigFile::parse("").unwrap().region.to_settings().is_ok());
+    }
+
+    #[test]
+    fn config_file_errors_name_the_key() {
+        let e = ConfigFile::parse("leap_day = \"feb28\"").unwrap_err().to_string();
+        assert!(e.contains("`leap_day`"), "{e}");
+        let e = ConfigFile::parse("[server]\nmax_conections = 3")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`server`") && e.contains("`max_conections`"), "{e}");
+        let e = ConfigFile::parse("[server]\nmax_connections = \"many\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`server`"), "{e}");
+        assert!(ConfigFile::parse("leap_day_birthday = ").is_err());
     }
 }

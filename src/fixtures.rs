@@ -129,6 +129,10 @@ pub enum FixtureError {
     Build(#[from] BuildError),
 }
 
+/// The demo region, built into the binary so `serve --demo` works from any
+/// directory.
+pub const DEMO: &str = include_str!("../fixtures/demo.json");
+
 /// The date fixtures resolve 10-digit numbers against.
 const REFERENCE: Date = jiff::civil::date(2026, 11, 23);
 
@@ -150,9 +154,19 @@ impl Scenario {
             .unwrap_or_default())
     }
 
+    /// The demo region.
+    pub fn demo() -> Result<Scenario, FixtureError> {
+        serde_json::from_str(DEMO).map_err(|e| FixtureError::Json("demo".into(), e))
+    }
+
     /// Builds the snapshot the scenario describes, at revision 1.
     pub fn snapshot(&self) -> Result<Snapshot, FixtureError> {
-        let settings = self.settings()?;
+        self.snapshot_with(self.settings()?)
+    }
+
+    /// Builds the snapshot the scenario describes under `settings` instead
+    /// of its own, at revision 1.
+    pub fn snapshot_with(&self, settings: Settings) -> Result<Snapshot, FixtureError> {
         let tz = time::stockholm().map_err(BuildError::from)?;
         let mut people = PeopleBuilder::new();
         for (i, p) in self.people.iter().enumerate() {

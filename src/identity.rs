@@ -92,6 +92,12 @@ impl Pid {
     /// they turned 100 in or before it. In the 12-digit forms the century is
     /// explicit and the separator carries no meaning, so either is accepted.
     pub fn parse(input: &str, today: Date) -> Result<Pid, IdentityError> {
+        Pid::parse_with(input, || today.year())
+    }
+
+    /// [`Pid::parse`] that asks for the evaluation year only when a 10-digit
+    /// form needs it, so the usual 12-digit request does no calendar work.
+    pub fn parse_with(input: &str, this_year: impl FnOnce() -> i16) -> Result<Pid, IdentityError> {
         let b = input.as_bytes();
         if b.is_empty() {
             return Err(IdentityError::Empty);
@@ -107,7 +113,7 @@ impl Pid {
                 let mut ten = [0u8; 10];
                 ten.copy_from_slice(&digits[..10]);
                 let yy = i16::from(ten[0] * 10 + ten[1]);
-                let century = resolve_century(yy, separator == Some(b'+'), today.year());
+                let century = resolve_century(yy, separator == Some(b'+'), this_year());
                 let mut full = [0u8; 12];
                 full[0] = (century / 10) as u8;
                 full[1] = (century % 10) as u8;

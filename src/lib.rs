@@ -5,12 +5,15 @@
 //! answer comes from [`decide::decide`] over an immutable
 //! [`snapshot::Snapshot`]. See `ARCHITECTURE.md` for the map.
 
+pub mod api;
 pub mod config;
 pub mod decide;
 pub mod fixtures;
 pub mod identity;
+pub mod metrics;
 pub mod model;
 pub mod people;
+pub mod server;
 pub mod snapshot;
 pub mod synth;
 #[cfg(test)]

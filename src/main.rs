@@ -10,6 +10,9 @@ use guardian_access::time::{self, Instant};
 use guardian_access::wire::{ChildrenBody, DecisionBody};
 use guardian_access::{Pid, Query, Service, Snapshot, decide};
 
+mod serve;
+use serve::ServeArgs;
+
 /// A policy decision point for Swedish patient portals.
 #[derive(Debug, Parser)]
 #[command(name = "guardian-access", version, about)]
@@ -20,6 +23,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve checks over HTTP (SPEC §4) from the demo region or a scenario file.
+    Serve(Box<ServeArgs>),
     /// One decision from the command line, for support staff: may ACTOR see
     /// SUBJECT's journal, or act for them in the e-services, at AT?
     Check {
@@ -70,6 +75,15 @@ struct At {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Serve(args) = cli.command {
+        return match serve::main(*args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match run(cli.command) {
         Ok(out) => {
             println!("{out}");
@@ -84,6 +98,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<String> {
     match command {
+        Command::Serve(_) => Err(anyhow!("`serve` is not a one-shot command")),
         Command::Check {
             source,
             actor,

@@ -1,0 +1,523 @@
+//! The check API's wire side (SPEC §4): request bodies, their validation
+//! into domain queries, the answers, and the one mapping from errors to
+//! HTTP status and body.
+//!
+//! Nothing here echoes client input in an error: a body may carry a real
+//! person's number in any field, so messages say what is wrong with a field
+//! and name it, never quote it.
+
+use std::borrow::Cow;
+
+use jiff::tz::TimeZone;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::decide::{self, Query};
+use crate::identity::{IdentityError, Pid};
+use crate::model::Service;
+use crate::snapshot::Snapshot;
+use crate::time::{self, Instant, InstantError};
+use crate::wire::{ChildrenBody, DecisionBody};
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Most checks in one batch.
+pub const MAX_BATCH: usize = 1000;
+
+/// Every error code of SPEC §4 this listener produces, for metrics.
+pub const ERROR_CODES: [&str; 10] = [
+    "invalid_json",
+    "invalid_identifier",
+    "unsupported_identifier",
+    "invalid_service",
+    "invalid_time",
+    "invalid_request",
+    "body_too_large",
+    "not_ready",
+    "not_found",
+    "method_not_allowed",
+];
+
+/// An error answer: status, code, message and the field it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: u16,
+    /// One of [`ERROR_CODES`].
+    pub code: &'static str,
+    /// What is wrong, naming the field; never the input.
+    pub message: Cow<'static, str>,
+    /// The request field, if the error is about one.
+    pub field: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(
+        status: u16,
+        code: &'static str,
+        message: impl Into<Cow<'static, str>>,
+        field: Option<&'static str>,
+    ) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field,
+        }
+    }
+
+    /// The body is not JSON.
+    pub fn invalid_json() -> Self {
+        ApiError::new(400, "invalid_json", "the body is not valid JSON", None)
+    }
+
+    /// A field is missing or has the wrong shape.
+    pub fn invalid_request(field: &'static str, what: &str) -> Self {
+        ApiError::new(400, "invalid_request", format!("`{field}`: {what}"), Some(field))
+    }
+
+    /// The body as a whole has the wrong shape.
+    pub fn invalid_body(what: &'static str) -> Self {
+        ApiError::new(400, "invalid_request", what, None)
+    }
+
+    /// An identity field does not hold an accepted number.
+    pub fn identity(field: &'static str, e: IdentityError) -> Self {
+        ApiError::new(400, e.code(), format!("`{field}`: {e}"), Some(field))
+    }
+
+    /// The service is not `journal` or `eservices`.
+    pub fn invalid_service(field: &'static str) -> Self {
+        ApiError::new(
+            400,
+            "invalid_service",
+            format!("`{field}`: must be `journal` or `eservices`"),
+            Some(field),
+        )
+    }
+
+    /// An instant cannot be read.
+    pub fn invalid_time(field: &'static str, e: InstantError) -> Self {
+        ApiError::new(400, "invalid_time", format!("`{field}`: {e}"), Some(field))
+    }
+
+    /// The body is over [`MAX_BODY`].
+    pub fn body_too_large() -> Self {
+        ApiError::new(413, "body_too_large", "the body is larger than 64 KiB", None)
+    }
+
+    /// No snapshot is loaded: the service cannot decide.
+    pub fn not_ready() -> Self {
+        ApiError::new(503, "not_ready", "no data is loaded yet; cannot decide", None)
+    }
+
+    /// No such route.
+    pub fn not_found() -> Self {
+        ApiError::new(404, "not_found", "no such endpoint", None)
+    }
+
+    /// The route exists but not with this method.
+    pub fn method_not_allowed() -> Self {
+        ApiError::new(405, "method_not_allowed", "method not allowed on this endpoint", None)
+    }
+
+    /// The JSON body of this error.
+    pub fn body(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Outer<'a> {
+            error: &'a Inner<'a>,
+        }
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            code: &'a str,
+            message: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            field: Option<&'a str>,
+        }
+        let inner = Inner {
+            code: self.code,
+            message: &self.message,
+            field: self.field,
+        };
+        serde_json::to_vec(&Outer { error: &inner }).unwrap_or_default()
+    }
+}
+
+/// A check body as sent. Every field is kept raw so that a field of the
+/// wrong type gets an error naming it, and unknown fields are ignored so the
+/// portal can add some without breaking.
+#[derive(Debug, Deserialize)]
+struct CheckBody<'a> {
+    #[serde(borrow, default)]
+    actor: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    subject: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    service: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    at: Option<&'a RawValue>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchBody<'a> {
+    #[serde(borrow, default)]
+    checks: Option<Vec<&'a RawValue>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChildrenRequest<'a> {
+    #[serde(borrow, default)]
+    guardian: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    service: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    at: Option<&'a RawValue>,
+}
+
+/// A string that borrows from the body unless it had escapes.
+#[derive(Debug, Deserialize)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// Parses `body` as a JSON object of shape `T`.
+fn object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::invalid_body("the body must be a JSON object of the documented shape")
+        }
+        _ => ApiError::invalid_json(),
+    })
+}
+
+/// A string field; `null` counts as absent.
+fn string<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<Option<Cow<'a, str>>, ApiError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(None),
+        Some(raw) => serde_json::from_str::<Str<'a>>(raw.get())
+            .map(|s| Some(s.0))
+            .map_err(|_| ApiError::invalid_request(field, "must be a string")),
+    }
+}
+
+fn required<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<Cow<'a, str>, ApiError> {
+    string(raw, field)?.ok_or_else(|| ApiError::invalid_request(field, "is required"))
+}
+
+/// The instant in `at`, or `now` when it is left out.
+fn instant(raw: Option<&RawValue>, tz: &TimeZone, now: Instant) -> Result<Instant, ApiError> {
+    match string(raw, "at")? {
+        None => Ok(now),
+        Some(s) => time::parse_instant(&s, tz).map_err(|e| ApiError::invalid_time("at", e)),
+    }
+}
+
+fn identity(raw: Option<&RawValue>, field: &'static str, at: Instant, tz: &TimeZone) -> Result<Pid, ApiError> {
+    let s = required(raw, field)?;
+    Pid::parse_with(&s, || time::local_date(at, tz).year()).map_err(|e| ApiError::identity(field, e))
+}
+
+fn service(raw: Option<&RawValue>) -> Result<Service, ApiError> {
+    let s = required(raw, "service")?;
+    Service::parse(&s).ok_or_else(|| ApiError::invalid_service("service"))
+}
+
+impl CheckBody<'_> {
+    fn query(&self, tz: &TimeZone, now: Instant) -> Result<Query, ApiError> {
+        let at = instant(self.at, tz, now)?;
+        Ok(Query {
+            actor: identity(self.actor, "actor", at, tz)?,
+            subject: identity(self.subject, "subject", at, tz)?,
+            service: service(self.service)?,
+            at,
+        })
+    }
+}
+
+/// Reads a `/v1/check` body into a query.
+pub fn parse_check(body: &[u8], tz: &TimeZone, now: Instant) -> Result<Query, ApiError> {
+    object::<CheckBody>(body)?.query(tz, now)
+}
+
+/// The answer to one check, as JSON.
+pub fn check_answer<'s>(snap: &'s Snapshot, q: &Query) -> (decide::Decision<'s>, Vec<u8>) {
+    let d = decide::decide(snap, q);
+    let body = serde_json::to_vec(&DecisionBody::new(&d, q.at, snap.tz())).unwrap_or_default();
+    (d, body)
+}
+
+/// One entry of a batch answer.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum BatchEntry<'a> {
+    Answer(DecisionBody<'a>),
+    Error { error: ErrorView<'a> },
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorView<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+/// The outcome of a batch: its body, and each check's decision or error
+/// (for metrics).
+#[derive(Debug)]
+pub struct Batch<'s> {
+    /// The JSON answer.
+    pub body: Vec<u8>,
+    /// One entry per check, in order.
+    pub outcomes: Vec<Result<decide::Decision<'s>, ApiError>>,
+}
+
+/// Answers a `/v1/check/batch` body: every check against the same snapshot.
+pub fn batch<'s>(snap: &'s Snapshot, body: &[u8], now: Instant) -> Result<Batch<'s>, ApiError> {
+    let req: BatchBody = object(body)?;
+    let checks = req
+        .checks
+        .ok_or_else(|| ApiError::invalid_request("checks", "is required"))?;
+    if checks.len() > MAX_BATCH {
+        return Err(ApiError::invalid_request("checks", "may hold at most 1000 checks"));
+    }
+    let tz = snap.tz();
+    let outcomes: Vec<Result<(Query, decide::Decision<'s>), ApiError>> = checks
+        .iter()
+        .map(|raw| {
+            let body: CheckBody = serde_json::from_str(raw.get())
+                .map_err(|_| ApiError::invalid_body("each check must be a JSON object"))?;
+            let q = body.query(tz, now)?;
+            Ok((q, decide::decide(snap, &q)))
+        })
+        .collect();
+    #[derive(Serialize)]
+    struct Out<'a> {
+        results: Vec<BatchEntry<'a>>,
+        revision: u64,
+    }
+    let results = outcomes
+        .iter()
+        .map(|o| match o {
+            Ok((q, d)) => BatchEntry::Answer(DecisionBody::new(d, q.at, tz)),
+            Err(e) => BatchEntry::Error {
+                error: ErrorView {
+                    code: e.code,
+                    message: &e.message,
+                    field: e.field,
+                },
+            },
+        })
+        .collect();
+    let body = serde_json::to_vec(&Out {
+        results,
+        revision: snap.revision(),
+    })
+    .unwrap_or_default();
+    Ok(Batch {
+        body,
+        outcomes: outcomes.into_iter().map(|o| o.map(|(_, d)| d)).collect(),
+    })
+}
+
+/// Answers a `/v1/children` body: the guardian's switch list.
+pub fn children(snap: &Snapshot, body: &[u8], now: Instant) -> Result<Vec<u8>, ApiError> {
+    let req: ChildrenRequest = object(body)?;
+    let tz = snap.tz();
+    let at = instant(req.at, tz, now)?;
+    let guardian = identity(req.guardian, "guardian", at, tz)?;
+    let service = service(req.service)?;
+    Ok(serde_json::to_vec(&ChildrenBody::new(snap, guardian, service, at)).unwrap_or_default())
+}
+
+/// Reads an `/v1/authz` question from three header values.
+pub fn authz_query(
+    actor: Option<&[u8]>,
+    subject: Option<&[u8]>,
+    service_value: Option<&[u8]>,
+    tz: &TimeZone,
+    now: Instant,
+) -> Result<Query, ApiError> {
+    let actor = header(actor, "actor")?;
+    let subject = header(subject, "subject")?;
+    let service_value = header(service_value, "service")?;
+    let year = || time::local_date(now, tz).year();
+    Ok(Query {
+        actor: Pid::parse_with(actor.trim(), year).map_err(|e| ApiError::identity("actor", e))?,
+        subject: Pid::parse_with(subject.trim(), year).map_err(|e| ApiError::identity("subject", e))?,
+        service: Service::parse(service_value.trim()).ok_or_else(|| ApiError::invalid_service("service"))?,
+        at: now,
+    })
+}
+
+fn header<'a>(v: Option<&'a [u8]>, field: &'static str) -> Result<&'a str, ApiError> {
+    let v = v.ok_or_else(|| ApiError::invalid_request(field, "header is required"))?;
+    std::str::from_utf8(v).map_err(|_| ApiError::invalid_request(field, "header must be text"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::Scenario;
+
+    fn tz() -> TimeZone {
+        time::stockholm().unwrap()
+    }
+
+    fn now() -> Instant {
+        time::parse_instant("2026-11-23T10:00:00+01:00", &tz()).unwrap()
+    }
+
+    fn err(body: &str) -> ApiError {
+        parse_check(body.as_bytes(), &tz(), now()).unwrap_err()
+    }
+
+    #[test]
+    fn a_check_body_becomes_a_query() {
+        let q = parse_check(
+            br#"{"actor": "19770101-2382", "subject": "201509162390", "service": "journal", "extra": 1}"#,
+            &tz(),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(q.actor.to_string(), "197701012382");
+        assert_eq!(q.subject.to_string(), "201509162390");
+        assert_eq!(q.service, Service::Journal);
+        assert_eq!(q.at, now(), "`at` left out means now");
+    }
+
+    #[test]
+    fn escaped_strings_are_read() {
+        let q = parse_check(
+            br#"{"actor": "\u0031977\u00301012382", "subject": "201509162390", "service": "eservices", "at": null}"#,
+            &tz(),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(q.actor.to_string(), "197701012382");
+    }
+
+    #[test]
+    fn every_error_names_its_field_and_never_the_input() {
+        let cases = [
+            (
+                r#"{"actor": "197701012383", "subject": "201509162390", "service": "journal"}"#,
+                "invalid_identifier",
+                Some("actor"),
+            ),
+            (
+                r#"{"actor": "197701012382", "subject": "19810829M071", "service": "journal"}"#,
+                "unsupported_identifier",
+                Some("subject"),
+            ),
+            (
+                r#"{"actor": 197701012382, "subject": "201509162390", "service": "journal"}"#,
+                "invalid_request",
+                Some("actor"),
+            ),
+            (
+                r#"{"subject": "201509162390", "service": "journal"}"#,
+                "invalid_request",
+                Some("actor"),
+            ),
+            (
+                r#"{"actor": "197701012382", "subject": "201509162390"}"#,
+                "invalid_request",
+                Some("service"),
+            ),
+            (
+                r#"{"actor": "197701012382", "subject": "201509162390", "service": "Journal"}"#,
+                "invalid_service",
+                Some("service"),
+            ),
+            (
+                r#"{"actor": "197701012382", "subject": "201509162390", "service": "journal", "at": "2026-11-23T10:00"}"#,
+                "invalid_time",
+                Some("at"),
+            ),
+            (
+                r#"{"actor": "197701012382", "subject": "201509162390", "service": "journal", "at": 5}"#,
+                "invalid_request",
+                Some("at"),
+            ),
+            (r#"{"actor": "1977010123"#, "invalid_json", None),
+            (r#"["197701012382"]"#, "invalid_request", None),
+            ("", "invalid_json", None),
+        ];
+        for (body, code, field) in cases {
+            let e = err(body);
+            assert_eq!((e.code, e.field), (code, field), "{body}");
+            assert_eq!(e.status, 400);
+            let text = String::from_utf8(e.body()).unwrap();
+            assert!(!text.contains("0101238"), "{text}");
+            assert!(!text.contains("M071"), "{text}");
+            if let Some(f) = field {
+                assert!(text.contains(&format!("`{f}`")), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_error_body_has_the_documented_shape() {
+        let e = err(r#"{"actor": "197701012383", "subject": "201509162390", "service": "journal"}"#);
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": {"code": "invalid_identifier", "message": "`actor`: check digit does not match", "field": "actor"}})
+        );
+    }
+
+    fn demo() -> Snapshot {
+        let scenario: Scenario = serde_json::from_str(include_str!("../fixtures/demo.json")).unwrap();
+        scenario.snapshot().unwrap()
+    }
+
+    #[test]
+    fn a_batch_answers_each_check_in_order_with_errors_in_place() {
+        let snap = demo();
+        let b = batch(
+            &snap,
+            br#"{"checks": [
+                {"actor": "197701012382", "subject": "201509162390", "service": "journal"},
+                {"actor": "197701012383", "subject": "201509162390", "service": "journal"},
+                {"actor": "198001032385", "subject": "201801012392", "service": "journal"}
+            ]}"#,
+            now(),
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&b.body).unwrap();
+        assert_eq!(v["revision"], 1);
+        assert_eq!(v["results"][0]["reason"], "guardian");
+        assert_eq!(v["results"][1]["error"]["code"], "invalid_identifier");
+        assert_eq!(v["results"][1]["error"]["field"], "actor");
+        assert_eq!(v["results"][2]["reason"], "blocked");
+        assert_eq!(b.outcomes.len(), 3);
+    }
+
+    #[test]
+    fn a_batch_over_the_limit_is_refused() {
+        let snap = demo();
+        let one = r#"{"actor": "197701012382", "subject": "201509162390", "service": "journal"}"#;
+        let body = format!(r#"{{"checks": [{}]}}"#, vec![one; MAX_BATCH + 1].join(","));
+        let e = batch(&snap, body.as_bytes(), now()).unwrap_err();
+        assert_eq!((e.code, e.field), ("invalid_request", Some("checks")));
+        let body = format!(r#"{{"checks": [{}]}}"#, vec![one; MAX_BATCH].join(","));
+        assert_eq!(batch(&snap, body.as_bytes(), now()).unwrap().outcomes.len(), MAX_BATCH);
+    }
+
+    #[test]
+    fn authz_reads_headers() {
+        let q = authz_query(
+            Some(b"197701012382"),
+            Some(b"201509162390"),
+            Some(b"journal"),
+            &tz(),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(q.subject.to_string(), "201509162390");
+        let e = authz_query(Some(b"197701012382"), None, Some(b"journal"), &tz(), now()).unwrap_err();
+        assert_eq!((e.code, e.field), ("invalid_request", Some("subject")));
+        let e = authz_query(Some(b"x"), Some(b"201509162390"), Some(b"journal"), &tz(), now()).unwrap_err();
+        assert_eq!((e.code, e.field), ("invalid_identifier", Some("actor")));
+    }
+}

@@ -1,0 +1,292 @@
+//! Prometheus metrics for the check listener: fixed arrays of relaxed
+//! atomic counters, so recording is a few uncontended increments and needs
+//! no lock and no allocation.
+//!
+//! Labels come only from closed sets (endpoint, reason, error code, bucket);
+//! no identity number can reach a label.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::api::ERROR_CODES;
+use crate::decide::Reason;
+
+/// The endpoints requests are counted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/check`.
+    Check,
+    /// `POST /v1/check/batch`.
+    Batch,
+    /// `POST /v1/children`.
+    Children,
+    /// `GET /v1/authz`.
+    Authz,
+    /// `/healthz`, `/readyz`, `/metrics`, `/v1/status`.
+    Operations,
+    /// Anything else.
+    Other,
+}
+
+impl Endpoint {
+    const ALL: [Endpoint; 6] = [
+        Endpoint::Check,
+        Endpoint::Batch,
+        Endpoint::Children,
+        Endpoint::Authz,
+        Endpoint::Operations,
+        Endpoint::Other,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Check => "check",
+            Endpoint::Batch => "batch",
+            Endpoint::Children => "children",
+            Endpoint::Authz => "authz",
+            Endpoint::Operations => "operations",
+            Endpoint::Other => "other",
+        }
+    }
+}
+
+const ENDPOINTS: usize = Endpoint::ALL.len();
+const REASONS: usize = Reason::ALL.len();
+const CODES: usize = ERROR_CODES.len();
+
+/// Upper bounds of the latency buckets, in microseconds.
+const BUCKETS_US: [u64; 12] = [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 100_000];
+
+/// The counters.
+#[derive(Debug)]
+pub struct Metrics {
+    requests: [AtomicU64; ENDPOINTS],
+    decisions: [[AtomicU64; REASONS]; ENDPOINTS],
+    errors: [[AtomicU64; CODES]; ENDPOINTS],
+    latency: [[AtomicU64; BUCKETS_US.len() + 1]; ENDPOINTS],
+    latency_sum_ns: [AtomicU64; ENDPOINTS],
+    connections_open: AtomicU64,
+    connections_refused: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: std::array::from_fn(|_| AtomicU64::new(0)),
+            decisions: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            errors: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            latency: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            latency_sum_ns: std::array::from_fn(|_| AtomicU64::new(0)),
+            connections_open: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Facts about the loaded snapshot, read when metrics are scraped.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotGauges {
+    /// Whether a snapshot is loaded.
+    pub ready: bool,
+    /// Its revision.
+    pub revision: u64,
+    /// Seconds since it was loaded.
+    pub age_seconds: f64,
+}
+
+impl Metrics {
+    /// Counts one request and how long it took to answer.
+    pub fn request(&self, endpoint: Endpoint, elapsed: std::time::Duration) {
+        let e = endpoint as usize;
+        self.requests[e].fetch_add(1, Relaxed);
+        let us = elapsed.as_micros() as u64;
+        let bucket = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len());
+        self.latency[e][bucket].fetch_add(1, Relaxed);
+        self.latency_sum_ns[e].fetch_add(elapsed.as_nanos() as u64, Relaxed);
+    }
+
+    /// Counts one decision.
+    pub fn decision(&self, endpoint: Endpoint, reason: Reason) {
+        self.decisions[endpoint as usize][reason as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one error answer.
+    pub fn error(&self, endpoint: Endpoint, code: &str) {
+        if let Some(c) = ERROR_CODES.iter().position(|&k| k == code) {
+            self.errors[endpoint as usize][c].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A connection was accepted.
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Relaxed);
+    }
+
+    /// A connection ended.
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Relaxed);
+    }
+
+    /// A connection was turned away at the connection limit.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, snap: SnapshotGauges) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let _ = self.write(&mut out, snap);
+        out
+    }
+
+    fn write(&self, out: &mut String, snap: SnapshotGauges) -> std::fmt::Result {
+        writeln!(
+            out,
+            "# HELP guardian_access_requests_total Requests answered, by endpoint."
+        )?;
+        writeln!(out, "# TYPE guardian_access_requests_total counter")?;
+        for e in Endpoint::ALL {
+            let n = self.requests[e as usize].load(Relaxed);
+            writeln!(out, "guardian_access_requests_total{{endpoint=\"{}\"}} {n}", e.as_str())?;
+        }
+        writeln!(
+            out,
+            "# HELP guardian_access_decisions_total Decisions, by endpoint, decision and reason."
+        )?;
+        writeln!(out, "# TYPE guardian_access_decisions_total counter")?;
+        for e in Endpoint::ALL {
+            for r in Reason::ALL {
+                let n = self.decisions[e as usize][r as usize].load(Relaxed);
+                if n > 0 || e == Endpoint::Check {
+                    let decision = if r.allows() { "allow" } else { "deny" };
+                    writeln!(
+                        out,
+                        "guardian_access_decisions_total{{endpoint=\"{}\",decision=\"{decision}\",reason=\"{}\"}} {n}",
+                        e.as_str(),
+                        r.as_str()
+                    )?;
+                }
+            }
+        }
+        writeln!(
+            out,
+            "# HELP guardian_access_errors_total Error answers, by endpoint and code."
+        )?;
+        writeln!(out, "# TYPE guardian_access_errors_total counter")?;
+        for e in Endpoint::ALL {
+            for (c, code) in ERROR_CODES.iter().enumerate() {
+                let n = self.errors[e as usize][c].load(Relaxed);
+                if n > 0 {
+                    writeln!(
+                        out,
+                        "guardian_access_errors_total{{endpoint=\"{}\",code=\"{code}\"}} {n}",
+                        e.as_str()
+                    )?;
+                }
+            }
+        }
+        writeln!(
+            out,
+            "# HELP guardian_access_request_duration_seconds Time from a request's head to its answer, by endpoint."
+        )?;
+        writeln!(out, "# TYPE guardian_access_request_duration_seconds histogram")?;
+        for e in Endpoint::ALL {
+            let name = e.as_str();
+            let mut cumulative = 0;
+            for (i, le) in BUCKETS_US.iter().enumerate() {
+                cumulative += self.latency[e as usize][i].load(Relaxed);
+                let le = *le as f64 / 1e6;
+                writeln!(
+                    out,
+                    "guardian_access_request_duration_seconds_bucket{{endpoint=\"{name}\",le=\"{le}\"}} {cumulative}"
+                )?;
+            }
+            cumulative += self.latency[e as usize][BUCKETS_US.len()].load(Relaxed);
+            writeln!(
+                out,
+                "guardian_access_request_duration_seconds_bucket{{endpoint=\"{name}\",le=\"+Inf\"}} {cumulative}"
+            )?;
+            let sum = self.latency_sum_ns[e as usize].load(Relaxed) as f64 / 1e9;
+            writeln!(
+                out,
+                "guardian_access_request_duration_seconds_sum{{endpoint=\"{name}\"}} {sum}"
+            )?;
+            writeln!(
+                out,
+                "guardian_access_request_duration_seconds_count{{endpoint=\"{name}\"}} {cumulative}"
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP guardian_access_ready 1 when a snapshot is loaded and checks are answered."
+        )?;
+        writeln!(out, "# TYPE guardian_access_ready gauge")?;
+        writeln!(out, "guardian_access_ready {}", u8::from(snap.ready))?;
+        writeln!(
+            out,
+            "# HELP guardian_access_snapshot_revision Revision of the snapshot checks are answered from."
+        )?;
+        writeln!(out, "# TYPE guardian_access_snapshot_revision gauge")?;
+        writeln!(out, "guardian_access_snapshot_revision {}", snap.revision)?;
+        writeln!(
+            out,
+            "# HELP guardian_access_snapshot_age_seconds Seconds since that snapshot was loaded."
+        )?;
+        writeln!(out, "# TYPE guardian_access_snapshot_age_seconds gauge")?;
+        writeln!(out, "guardian_access_snapshot_age_seconds {:.3}", snap.age_seconds)?;
+        writeln!(out, "# HELP guardian_access_connections_open Open client connections.")?;
+        writeln!(out, "# TYPE guardian_access_connections_open gauge")?;
+        writeln!(
+            out,
+            "guardian_access_connections_open {}",
+            self.connections_open.load(Relaxed)
+        )?;
+        writeln!(
+            out,
+            "# HELP guardian_access_connections_refused_total Connections closed at once at the connection limit."
+        )?;
+        writeln!(out, "# TYPE guardian_access_connections_refused_total counter")?;
+        writeln!(
+            out,
+            "guardian_access_connections_refused_total {}",
+            self.connections_refused.load(Relaxed)
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn counts_land_in_their_labels_and_buckets() {
+        let m = Metrics::default();
+        m.request(Endpoint::Check, Duration::from_micros(7));
+        m.request(Endpoint::Check, Duration::from_millis(3));
+        m.decision(Endpoint::Check, Reason::Blocked);
+        m.error(Endpoint::Authz, "invalid_identifier");
+        let text = m.render(SnapshotGauges {
+            ready: true,
+            revision: 42,
+            age_seconds: 1.5,
+        });
+        assert!(text.contains("guardian_access_requests_total{endpoint=\"check\"} 2"));
+        assert!(
+            text.contains("guardian_access_decisions_total{endpoint=\"check\",decision=\"deny\",reason=\"blocked\"} 1")
+        );
+        assert!(
+            text.contains(
+                "guardian_access_decisions_total{endpoint=\"check\",decision=\"allow\",reason=\"guardian\"} 0"
+            )
+        );
+        assert!(text.contains("guardian_access_errors_total{endpoint=\"authz\",code=\"invalid_identifier\"} 1"));
+        assert!(text.contains("guardian_access_request_duration_seconds_bucket{endpoint=\"check\",le=\"0.000005\"} 0"));
+        assert!(text.contains("guardian_access_request_duration_seconds_bucket{endpoint=\"check\",le=\"0.00001\"} 1"));
+        assert!(text.contains("guardian_access_request_duration_seconds_bucket{endpoint=\"check\",le=\"0.005\"} 2"));
+        assert!(text.contains("guardian_access_request_duration_seconds_count{endpoint=\"check\"} 2"));
+        assert!(text.contains("guardian_access_snapshot_revision 42"));
+        assert!(text.contains("guardian_access_ready 1"));
+    }
+}

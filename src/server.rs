@@ -1,0 +1,528 @@
+//! The check listener: hyper 1.x over tokio, answering from the published
+//! snapshot (SPEC §4).
+//!
+//! [`run`] takes an already-bound listener, so tests bind port 0. Every
+//! request loads the published snapshot exactly once and answers from it;
+//! before one is published every check answers `503 not_ready` (fail
+//! closed). Connections are limited in number, must send their request head
+//! within a timeout, and are drained on shutdown.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::api::{self, ApiError, MAX_BODY};
+use crate::identity::Pid;
+use crate::metrics::{Endpoint, Metrics, SnapshotGauges};
+use crate::snapshot::Snapshot;
+use crate::time::Instant;
+
+/// A snapshot as published to the check listener.
+#[derive(Debug)]
+pub struct Published {
+    /// What checks are answered from.
+    pub snapshot: Snapshot,
+    /// When it was published.
+    pub loaded_at: jiff::Timestamp,
+}
+
+/// The header names `GET /v1/authz` reads.
+#[derive(Debug, Clone)]
+pub struct AuthzHeaders {
+    /// Who is logged in (default `x-actor-id`).
+    pub actor: HeaderName,
+    /// Whose journal (default `x-subject-id`).
+    pub subject: HeaderName,
+    /// Which service (default `x-service`).
+    pub service: HeaderName,
+}
+
+impl Default for AuthzHeaders {
+    fn default() -> Self {
+        AuthzHeaders {
+            actor: HeaderName::from_static("x-actor-id"),
+            subject: HeaderName::from_static("x-subject-id"),
+            service: HeaderName::from_static("x-service"),
+        }
+    }
+}
+
+/// How the check listener treats its clients.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Most connections open at once; more are closed on accept.
+    pub max_connections: usize,
+    /// A client must send a whole request head within this.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub shutdown_grace: Duration,
+    /// Header names for `/v1/authz`.
+    pub authz: AuthzHeaders,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+            authz: AuthzHeaders::default(),
+        }
+    }
+}
+
+/// Everything the listener shares between connections.
+#[derive(Debug)]
+pub struct State {
+    published: ArcSwapOption<Published>,
+    /// The counters behind `/metrics`.
+    pub metrics: Metrics,
+    config: ListenerConfig,
+    source: String,
+    log_key: RandomState,
+}
+
+/// A keyed hash of an identity number, for correlating log lines without
+/// logging the number. The key is random per process.
+#[derive(Debug, Clone, Copy)]
+pub struct Tag(u64);
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl State {
+    /// A listener state with nothing published yet; `source` says where
+    /// snapshots come from, for `/v1/status`.
+    pub fn new(config: ListenerConfig, source: impl Into<String>) -> State {
+        State {
+            published: ArcSwapOption::empty(),
+            metrics: Metrics::default(),
+            config,
+            source: source.into(),
+            log_key: RandomState::new(),
+        }
+    }
+
+    /// Publishes `snapshot`: the next request answers from it.
+    pub fn publish(&self, snapshot: Snapshot) {
+        let revision = snapshot.revision();
+        self.published.store(Some(Arc::new(Published {
+            snapshot,
+            loaded_at: jiff::Timestamp::now(),
+        })));
+        info!(revision, "snapshot published");
+    }
+
+    /// The tag logs use for `pid`.
+    pub fn tag(&self, pid: Pid) -> Tag {
+        Tag(self.log_key.hash_one(pid.get()))
+    }
+
+    fn gauges(&self, p: Option<&Published>) -> SnapshotGauges {
+        match p {
+            None => SnapshotGauges {
+                ready: false,
+                revision: 0,
+                age_seconds: 0.0,
+            },
+            Some(p) => SnapshotGauges {
+                ready: true,
+                revision: p.snapshot.revision(),
+                age_seconds: age(p).as_secs_f64(),
+            },
+        }
+    }
+}
+
+fn age(p: &Published) -> Duration {
+    jiff::Timestamp::now()
+        .duration_since(p.loaded_at)
+        .try_into()
+        .unwrap_or_default()
+}
+
+fn now() -> Instant {
+    Instant::from_timestamp(jiff::Timestamp::now()).unwrap_or(Instant::MAX)
+}
+
+type Answer = Response<Full<Bytes>>;
+
+fn respond(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Answer {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json(body: Vec<u8>) -> Answer {
+    respond(200, "application/json", body)
+}
+
+/// The one place an error becomes an HTTP answer. Client errors are logged
+/// at debug only: they are the client's business, not an operator's.
+fn error(state: &State, endpoint: Endpoint, e: &ApiError) -> Answer {
+    state.metrics.error(endpoint, e.code);
+    debug!(code = e.code, field = e.field, status = e.status, "error answer");
+    let mut r = respond(e.status, "application/json", e.body());
+    if e.status == 405 {
+        let allow = if endpoint == Endpoint::Authz || endpoint == Endpoint::Operations {
+            "GET"
+        } else {
+            "POST"
+        };
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    r
+}
+
+/// Reads the whole body, refusing more than [`MAX_BODY`].
+async fn read_body<B>(body: B, declared: Option<u64>) -> Result<Bytes, ApiError>
+where
+    B: Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(ApiError::body_too_large());
+    }
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::body_too_large()),
+        Err(_) => Err(ApiError::invalid_body("the body could not be read")),
+    }
+}
+
+/// Answers one request.
+pub async fn handle<B>(state: &State, req: Request<B>) -> Answer
+where
+    B: Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let started = std::time::Instant::now();
+    let (endpoint, answer) = route(state, req).await;
+    state.metrics.request(endpoint, started.elapsed());
+    answer
+}
+
+async fn route<B>(state: &State, req: Request<B>) -> (Endpoint, Answer)
+where
+    B: Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let endpoint = match req.uri().path() {
+        "/v1/check" => Endpoint::Check,
+        "/v1/check/batch" => Endpoint::Batch,
+        "/v1/children" => Endpoint::Children,
+        "/v1/authz" => Endpoint::Authz,
+        "/healthz" | "/readyz" | "/metrics" | "/v1/status" => Endpoint::Operations,
+        _ => return (Endpoint::Other, error(state, Endpoint::Other, &ApiError::not_found())),
+    };
+    let wanted = match endpoint {
+        Endpoint::Authz | Endpoint::Operations => Method::GET,
+        _ => Method::POST,
+    };
+    if req.method() != wanted && !(wanted == Method::GET && req.method() == Method::HEAD) {
+        return (endpoint, error(state, endpoint, &ApiError::method_not_allowed()));
+    }
+    let answer = match endpoint {
+        Endpoint::Operations => operations(state, req.uri().path()),
+        Endpoint::Authz => authz(state, &req),
+        _ => {
+            let declared = req.body().size_hint().upper();
+            match read_body(req.into_body(), declared).await {
+                Ok(body) => decision(state, endpoint, &body),
+                Err(e) => error(state, endpoint, &e),
+            }
+        }
+    };
+    (endpoint, answer)
+}
+
+/// `/v1/check`, `/v1/check/batch`, `/v1/children`: one snapshot load each.
+fn decision(state: &State, endpoint: Endpoint, body: &[u8]) -> Answer {
+    let published = state.published.load();
+    let Some(p) = published.as_deref() else {
+        return error(state, endpoint, &ApiError::not_ready());
+    };
+    let snap = &p.snapshot;
+    let result = match endpoint {
+        Endpoint::Check => api::parse_check(body, snap.tz(), now()).map(|q| {
+            let (d, out) = api::check_answer(snap, &q);
+            state.metrics.decision(endpoint, d.reason);
+            debug!(
+                actor = %state.tag(q.actor),
+                subject = %state.tag(q.subject),
+                service = q.service.as_str(),
+                reason = d.reason.as_str(),
+                revision = d.revision,
+                "check"
+            );
+            out
+        }),
+        Endpoint::Batch => api::batch(snap, body, now()).map(|b| {
+            for o in &b.outcomes {
+                match o {
+                    Ok(d) => state.metrics.decision(endpoint, d.reason),
+                    Err(e) => state.metrics.error(endpoint, e.code),
+                }
+            }
+            debug!(checks = b.outcomes.len(), revision = snap.revision(), "batch");
+            b.body
+        }),
+        _ => api::children(snap, body, now()).inspect(|_| debug!(revision = snap.revision(), "children")),
+    };
+    match result {
+        Ok(out) => json(out),
+        Err(e) => error(state, endpoint, &e),
+    }
+}
+
+/// `GET /v1/authz`: for nginx `auth_request` and Envoy `ext_authz`.
+fn authz<B>(state: &State, req: &Request<B>) -> Answer {
+    let published = state.published.load();
+    let Some(p) = published.as_deref() else {
+        return error(state, Endpoint::Authz, &ApiError::not_ready());
+    };
+    let snap = &p.snapshot;
+    let h = &state.config.authz;
+    let get = |name: &HeaderName| req.headers().get(name).map(HeaderValue::as_bytes);
+    let q = match api::authz_query(get(&h.actor), get(&h.subject), get(&h.service), snap.tz(), now()) {
+        Ok(q) => q,
+        Err(e) => return error(state, Endpoint::Authz, &e),
+    };
+    let d = crate::decide::decide(snap, &q);
+    state.metrics.decision(Endpoint::Authz, d.reason);
+    debug!(
+        actor = %state.tag(q.actor),
+        subject = %state.tag(q.subject),
+        reason = d.reason.as_str(),
+        "authz"
+    );
+    let mut r = respond(if d.allowed() { 200 } else { 403 }, "text/plain", Bytes::new());
+    let headers = r.headers_mut();
+    headers.insert("x-access-reason", HeaderValue::from_static(d.reason.as_str()));
+    headers.insert("x-access-revision", HeaderValue::from(d.revision));
+    r
+}
+
+fn operations(state: &State, path: &str) -> Answer {
+    let published = state.published.load();
+    let p = published.as_deref();
+    match path {
+        "/healthz" => respond(200, "text/plain", "ok\n"),
+        "/readyz" => match p {
+            Some(p) => json(
+                serde_json::to_vec(&serde_json::json!({"ready": true, "revision": p.snapshot.revision()}))
+                    .unwrap_or_default(),
+            ),
+            None => error(state, Endpoint::Operations, &ApiError::not_ready()),
+        },
+        "/metrics" => respond(200, "text/plain; version=0.0.4", state.metrics.render(state.gauges(p))),
+        _ => {
+            let body = match p {
+                None => serde_json::json!({"ready": false, "revision": null, "source": state.source}),
+                Some(p) => {
+                    let s = &p.snapshot;
+                    serde_json::json!({
+                        "ready": true,
+                        "revision": s.revision(),
+                        "loaded_at": p.loaded_at.to_string(),
+                        "age_seconds": age(p).as_secs_f64(),
+                        "persons": s.people().len(),
+                        "links": s.people().links(),
+                        "rules": s.rules().len(),
+                        "source": state.source,
+                        "lag_seconds": null,
+                    })
+                }
+            };
+            json(serde_json::to_vec(&body).unwrap_or_default())
+        }
+    }
+}
+
+/// Serves checks on `listener` until `shutdown` resolves, then lets
+/// in-flight requests finish (up to the configured grace) and returns.
+pub async fn run(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(state.config.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(state.config.header_read_timeout)
+        .keep_alive(true);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            state.metrics.connection_refused();
+            debug!(%peer, "connection limit reached; closing");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        state.metrics.connection_opened();
+        let io = TokioIo::new(IdleTimeout::new(stream, state.config.idle_timeout));
+        let svc_state = state.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let state = svc_state.clone();
+            async move { Ok::<_, Infallible>(handle(&state, req).await) }
+        });
+        let conn = graceful.watch(http.serve_connection(io, service));
+        let conn_state = state.clone();
+        tokio::spawn(
+            async move {
+                if let Err(e) = conn.await {
+                    debug!(error = %e, "connection ended with an error");
+                }
+                conn_state.metrics.connection_closed();
+                drop(permit);
+            }
+            .instrument(tracing::debug_span!("conn", peer = %Peer(peer))),
+        );
+    }
+    drop(listener);
+    info!("shutting down: finishing in-flight requests");
+    if tokio::time::timeout(state.config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("shutdown grace elapsed; closing remaining connections");
+    }
+    Ok(())
+}
+
+/// A peer address in logs.
+struct Peer(SocketAddr);
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+pub use idle::IdleTimeout;
+
+mod idle {
+    //! A stream that fails reads once it has been idle too long, so that a
+    //! client holding a connection open without asking anything gives its
+    //! slot back. Any byte in either direction resets the clock.
+
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio::time::{Instant, Sleep};
+
+    /// A stream with an idle deadline.
+    #[derive(Debug)]
+    pub struct IdleTimeout<S> {
+        inner: S,
+        timeout: Duration,
+        deadline: Pin<Box<Sleep>>,
+    }
+
+    impl<S> IdleTimeout<S> {
+        /// Wraps `inner`.
+        pub fn new(inner: S, timeout: Duration) -> Self {
+            IdleTimeout {
+                inner,
+                timeout,
+                deadline: Box::pin(tokio::time::sleep(timeout)),
+            }
+        }
+
+        fn touch(&mut self) {
+            self.deadline.as_mut().reset(Instant::now() + self.timeout);
+        }
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            match Pin::new(&mut self.inner).poll_read(cx, buf) {
+                Poll::Ready(r) => {
+                    if buf.filled().len() > before {
+                        self.touch();
+                    }
+                    Poll::Ready(r)
+                }
+                Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))),
+                    Poll::Pending => Poll::Pending,
+                },
+            }
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+            if let Poll::Ready(Ok(n)) = r
+                && n > 0
+            {
+                self.touch();
+            }
+            r
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+            if let Poll::Ready(Ok(n)) = r
+                && n > 0
+            {
+                self.touch();
+            }
+            r
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.inner.is_write_vectored()
+        }
+    }
+}
