@@ -180,6 +180,13 @@ struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// Parses `body` as a JSON object of shape `T`.
 fn object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    // Derived structs also accept a JSON array; only an object will do.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => ApiError::invalid_body("the body must be a JSON object"),
+            Err(_) => ApiError::invalid_json(),
+        });
+    }
     serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => {
             ApiError::invalid_body("the body must be a JSON object of the documented shape")
@@ -284,8 +291,8 @@ pub fn batch<'s>(snap: &'s Snapshot, body: &[u8], now: Instant) -> Result<Batch<
     let outcomes: Vec<Result<(Query, decide::Decision<'s>), ApiError>> = checks
         .iter()
         .map(|raw| {
-            let body: CheckBody = serde_json::from_str(raw.get())
-                .map_err(|_| ApiError::invalid_body("each check must be a JSON object"))?;
+            let body: CheckBody =
+                object(raw.get().as_bytes()).map_err(|_| ApiError::invalid_body("each check must be a JSON object"))?;
             let q = body.query(tz, now)?;
             Ok((q, decide::decide(snap, &q)))
         })
@@ -479,7 +486,8 @@ mod tests {
             br#"{"checks": [
                 {"actor": "197701012382", "subject": "201509162390", "service": "journal"},
                 {"actor": "197701012383", "subject": "201509162390", "service": "journal"},
-                {"actor": "198001032385", "subject": "201801012392", "service": "journal"}
+                {"actor": "198001032385", "subject": "201801012392", "service": "journal"},
+                ["197701012382", "201509162390", "journal"]
             ]}"#,
             now(),
         )
@@ -490,7 +498,8 @@ mod tests {
         assert_eq!(v["results"][1]["error"]["code"], "invalid_identifier");
         assert_eq!(v["results"][1]["error"]["field"], "actor");
         assert_eq!(v["results"][2]["reason"], "blocked");
-        assert_eq!(b.outcomes.len(), 3);
+        assert_eq!(v["results"][3]["error"]["code"], "invalid_request");
+        assert_eq!(b.outcomes.len(), 4);
     }
 
     #[test]

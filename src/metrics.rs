@@ -261,6 +261,13 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn reasons_index_their_own_counters() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "Reason::ALL must list reasons in declaration order");
+        }
+    }
+
+    #[test]
     fn counts_land_in_their_labels_and_buckets() {
         let m = Metrics::default();
         m.request(Endpoint::Check, Duration::from_micros(7));
