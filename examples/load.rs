@@ -1,0 +1,316 @@
+//! Load benchmark of the check listener over loopback HTTP/1.1 keep-alive,
+//! side by side with a bare hyper server that answers a fixed 200, driven by
+//! the same client in the same run (SPEC §7).
+//!
+//! ```sh
+//! cargo run --release --example load                  # 10 % of national scale
+//! cargo run --release --example load -- --scale 1 --seconds 10 --connections 32
+//! ```
+//!
+//! Both servers run on one tokio worker thread and the client on another
+//! (this machine has two cores), so the ratio compares the servers, not how
+//! they share cores with the client. Reported:
+//!
+//! 1. closed loop, all connections as fast as they can: requests/s, p50,
+//!    p99 — for the bare server and for `/v1/check`, and their ratio;
+//! 2. open loop at half of `/v1/check`'s peak: p50, p99, p99.9, latency
+//!    measured from when each request was due (no coordinated omission);
+//! 3. `/v1/check/batch` with 100 checks a request: checks/s.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use guardian_access::server::{self, ListenerConfig, State};
+use guardian_access::synth::{self, Scale};
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Args {
+    scale: f64,
+    seconds: u64,
+    connections: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        scale: 0.1,
+        seconds: 5,
+        connections: 32,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| panic!("`{flag}` needs a value"));
+        match flag.as_str() {
+            "--scale" => a.scale = value.parse().expect("--scale: a number"),
+            "--seconds" => a.seconds = value.parse().expect("--seconds: whole seconds"),
+            "--connections" => a.connections = value.parse().expect("--connections: a count"),
+            _ => panic!("unknown flag `{flag}`"),
+        }
+    }
+    a
+}
+
+/// A bare hyper server: reads the body, answers a fixed 200.
+async fn bare(listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { return };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                let _ = req.into_body().collect().await;
+                Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// One keep-alive connection that sends prepared requests and reads replies.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Conn {
+            stream,
+            buf: Vec::with_capacity(64 * 1024),
+        }
+    }
+
+    /// Sends `req` and reads one reply; returns its status.
+    async fn roundtrip(&mut self, req: &[u8]) -> u16 {
+        self.stream.write_all(req).await.unwrap();
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end]).unwrap();
+                let status = head[9..12].parse().unwrap();
+                let len: usize = head
+                    .split("\r\n")
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                let total = end + 4 + len;
+                while self.buf.len() < total {
+                    let n = self.stream.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "server closed");
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                self.buf.drain(..total);
+                return status;
+            }
+            let n = self.stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "server closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+struct Outcome {
+    requests: usize,
+    elapsed: Duration,
+    latencies: Vec<u64>,
+    non_200: usize,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn pct(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        self.latencies[((self.latencies.len() - 1) as f64 * p) as usize] as f64 / 1000.0
+    }
+}
+
+/// Drives `requests` (round robin) over `connections` connections for
+/// `duration`. With `rate`, each connection sends on a fixed schedule and
+/// latency counts from when a request was due; without, as fast as it can.
+async fn drive(
+    addr: SocketAddr,
+    requests: Arc<Vec<Vec<u8>>>,
+    connections: usize,
+    duration: Duration,
+    rate: Option<f64>,
+) -> Outcome {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let requests = requests.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr).await;
+            let mut latencies = Vec::with_capacity(1 << 16);
+            let mut non_200 = 0;
+            let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
+            let mut due = start + interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / connections as f64));
+            let mut i = c * 7919;
+            loop {
+                if interval.is_some() {
+                    if due >= deadline {
+                        break;
+                    }
+                    // tokio's timer has millisecond resolution: sleep to
+                    // within a millisecond, then yield until due, so the
+                    // client's own timer does not pose as server latency.
+                    if let Some(early) = due.checked_sub(Duration::from_millis(1))
+                        && early > Instant::now()
+                    {
+                        tokio::time::sleep_until(early.into()).await;
+                    }
+                    while Instant::now() < due {
+                        tokio::task::yield_now().await;
+                    }
+                } else {
+                    due = Instant::now();
+                    if due >= deadline {
+                        break;
+                    }
+                }
+                i = (i + 1) % requests.len();
+                if conn.roundtrip(&requests[i]).await != 200 {
+                    non_200 += 1;
+                }
+                latencies.push(due.elapsed().as_nanos() as u64);
+                if let Some(interval) = interval {
+                    due += interval;
+                }
+            }
+            (latencies, non_200)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut non_200 = 0;
+    for t in tasks {
+        let (l, n) = t.await.unwrap();
+        all.extend(l);
+        non_200 += n;
+    }
+    let elapsed = start.elapsed();
+    all.sort_unstable();
+    Outcome {
+        requests: all.len(),
+        elapsed,
+        latencies: all,
+        non_200,
+    }
+}
+
+fn post(path: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn report(name: &str, o: &Outcome) {
+    println!(
+        "{name:<28} {:>9.0} req/s   p50 {:>7.1} µs   p99 {:>7.1} µs   p99.9 {:>7.1} µs   ({} requests, {} not 200)",
+        o.rate(),
+        o.pct(0.50),
+        o.pct(0.99),
+        o.pct(0.999),
+        o.requests,
+        o.non_200
+    );
+}
+
+fn main() {
+    let a = args();
+    let t = Instant::now();
+    let synthetic = synth::generate(Scale::fraction(a.scale), 42).unwrap();
+    println!(
+        "population: {} persons at scale {} (built in {:.1} s)",
+        synthetic.snapshot.people().len(),
+        a.scale,
+        t.elapsed().as_secs_f64()
+    );
+    let queries = synthetic.queries(1 << 16, 7);
+    let bodies: Vec<String> = queries
+        .iter()
+        .map(|q| {
+            format!(
+                r#"{{"actor":"{}","subject":"{}","service":"{}"}}"#,
+                q.actor,
+                q.subject,
+                q.service.as_str()
+            )
+        })
+        .collect();
+    let checks = Arc::new(bodies.iter().map(|b| post("/v1/check", b)).collect::<Vec<_>>());
+    let batches = Arc::new(
+        bodies
+            .chunks(100)
+            .map(|c| post("/v1/check/batch", &format!(r#"{{"checks":[{}]}}"#, c.join(","))))
+            .collect::<Vec<_>>(),
+    );
+
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (check_addr, bare_addr) = servers.block_on(async {
+        let check = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bare_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addrs = (check.local_addr().unwrap(), bare_listener.local_addr().unwrap());
+        let state = Arc::new(State::new(ListenerConfig::default(), "load"));
+        state.publish(synthetic.snapshot.clone());
+        tokio::spawn(server::run(check, state, std::future::pending()));
+        tokio::spawn(bare(bare_listener));
+        addrs
+    });
+
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let d = Duration::from_secs(a.seconds);
+    let n = a.connections;
+    client.block_on(async {
+        println!(
+            "\nclosed loop, {n} keep-alive connections, {} s each, one server thread, one client thread:",
+            a.seconds
+        );
+        // Warm up both.
+        drive(bare_addr, checks.clone(), n, Duration::from_millis(500), None).await;
+        drive(check_addr, checks.clone(), n, Duration::from_millis(500), None).await;
+        let bare = drive(bare_addr, checks.clone(), n, d, None).await;
+        report("bare hyper, fixed 200", &bare);
+        let check = drive(check_addr, checks.clone(), n, d, None).await;
+        report("guardian-access /v1/check", &check);
+        println!(
+            "ratio /v1/check ÷ bare       {:.2}   (target ≥ 0.80)",
+            check.rate() / bare.rate()
+        );
+
+        let half = check.rate() / 2.0;
+        println!("\nopen loop at half the /v1/check peak ({half:.0} req/s), {n} connections:");
+        let o = drive(check_addr, checks.clone(), n, d, Some(half)).await;
+        report("guardian-access /v1/check", &o);
+        println!("p99 at half load             {:.3} ms   (target < 1 ms)", o.pct(0.99) / 1000.0);
+
+        println!("\nbatch, 100 checks a request, {n} connections:");
+        let b = drive(check_addr, batches.clone(), n, d, None).await;
+        report("guardian-access /v1/check/batch", &b);
+        println!("checks/s in batches          {:.0}", b.rate() * 100.0);
+    });
+}
