@@ -59,7 +59,9 @@ fn args() -> Args {
 /// A bare hyper server: reads the body, answers a fixed 200.
 async fn bare(listener: TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { return };
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
@@ -77,6 +79,7 @@ async fn bare(listener: TcpListener) {
 struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
+    chunk: Box<[u8]>,
 }
 
 impl Conn {
@@ -86,13 +89,13 @@ impl Conn {
         Conn {
             stream,
             buf: Vec::with_capacity(64 * 1024),
+            chunk: vec![0u8; 64 * 1024].into_boxed_slice(),
         }
     }
 
     /// Sends `req` and reads one reply; returns its status.
     async fn roundtrip(&mut self, req: &[u8]) -> u16 {
         self.stream.write_all(req).await.unwrap();
-        let mut chunk = [0u8; 64 * 1024];
         loop {
             if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = std::str::from_utf8(&self.buf[..end]).unwrap();
@@ -101,21 +104,22 @@ impl Conn {
                     .split("\r\n")
                     .find_map(|l| {
                         let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().unwrap())
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().unwrap())
                     })
                     .unwrap_or(0);
                 let total = end + 4 + len;
                 while self.buf.len() < total {
-                    let n = self.stream.read(&mut chunk).await.unwrap();
+                    let n = self.stream.read(&mut self.chunk).await.unwrap();
                     assert!(n > 0, "server closed");
-                    self.buf.extend_from_slice(&chunk[..n]);
+                    self.buf.extend_from_slice(&self.chunk[..n]);
                 }
                 self.buf.drain(..total);
                 return status;
             }
-            let n = self.stream.read(&mut chunk).await.unwrap();
+            let n = self.stream.read(&mut self.chunk).await.unwrap();
             assert!(n > 0, "server closed");
-            self.buf.extend_from_slice(&chunk[..n]);
+            self.buf.extend_from_slice(&self.chunk[..n]);
         }
     }
 }
@@ -306,7 +310,10 @@ fn main() {
         println!("\nopen loop at half the /v1/check peak ({half:.0} req/s), {n} connections:");
         let o = drive(check_addr, checks.clone(), n, d, Some(half)).await;
         report("guardian-access /v1/check", &o);
-        println!("p99 at half load             {:.3} ms   (target < 1 ms)", o.pct(0.99) / 1000.0);
+        println!(
+            "p99 at half load             {:.3} ms   (target < 1 ms)",
+            o.pct(0.99) / 1000.0
+        );
 
         println!("\nbatch, 100 checks a request, {n} connections:");
         let b = drive(check_addr, batches.clone(), n, d, None).await;

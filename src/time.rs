@@ -139,13 +139,117 @@ pub fn parse_instant(s: &str, tz: &TimeZone) -> Result<Instant, InstantError> {
 /// Formats an instant as RFC 3339 with the zone's offset at that instant,
 /// e.g. `2026-11-23T10:00:00+01:00`.
 pub fn format_local(at: Instant, tz: &TimeZone) -> String {
-    let ts = at.to_timestamp();
-    ts.display_with_offset(tz.to_offset(ts)).to_string()
+    LocalTime::new(at, tz).as_str().to_owned()
+}
+
+/// An instant written as RFC 3339 with the zone's offset, in a buffer on the
+/// stack: answers format two of these per check without allocating.
+/// Fractional seconds appear only when there are any, without trailing
+/// zeros; the offset is whole minutes (Stockholm's have been since 1900).
+#[derive(Clone, Copy)]
+pub struct LocalTime {
+    buf: [u8; 35],
+    len: u8,
+}
+
+impl LocalTime {
+    /// Formats `at` in `tz`.
+    pub fn new(at: Instant, tz: &TimeZone) -> LocalTime {
+        let ts = at.to_timestamp();
+        let offset = tz.to_offset(ts);
+        let dt = offset.to_datetime(ts);
+        let mut out = LocalTime { buf: [0; 35], len: 0 };
+        let year = dt.year();
+        if year < 0 {
+            out.push(b'-');
+        }
+        out.digits(u32::from(year.unsigned_abs()), 4);
+        out.push(b'-');
+        out.digits(dt.month() as u32, 2);
+        out.push(b'-');
+        out.digits(dt.day() as u32, 2);
+        out.push(b'T');
+        out.digits(dt.hour() as u32, 2);
+        out.push(b':');
+        out.digits(dt.minute() as u32, 2);
+        out.push(b':');
+        out.digits(dt.second() as u32, 2);
+        let mut nanos = dt.subsec_nanosecond() as u32;
+        if nanos > 0 {
+            let mut width = 9;
+            while nanos.is_multiple_of(10) {
+                nanos /= 10;
+                width -= 1;
+            }
+            out.push(b'.');
+            out.digits(nanos, width);
+        }
+        let seconds = offset.seconds();
+        out.push(if seconds < 0 { b'-' } else { b'+' });
+        let minutes = seconds.unsigned_abs() / 60;
+        out.digits(minutes / 60, 2);
+        out.push(b':');
+        out.digits(minutes % 60, 2);
+        out
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(usize::from(self.len)) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    fn digits(&mut self, mut value: u32, width: usize) {
+        let mut tmp = [b'0'; 10];
+        for slot in tmp[..width].iter_mut().rev() {
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+        for &b in &tmp[..width] {
+            self.push(b);
+        }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for LocalTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for LocalTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LocalTime({})", self.as_str())
+    }
+}
+
+impl serde::Serialize for LocalTime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn local_time_writes_what_jiff_writes(secs in -2_208_988_800i64..9_000_000_000i64, nanos in proptest::prop_oneof![0u32..1, 0u32..1_000_000_000, proptest::strategy::Strategy::prop_map(0u32..1000, |n| n * 1_000_000)]) {
+            let tz = stockholm().unwrap();
+            let ts = Timestamp::new(secs, nanos as i32).unwrap();
+            let want = ts.display_with_offset(tz.to_offset(ts)).to_string();
+            let at = Instant::from_timestamp(ts).unwrap();
+            let got = LocalTime::new(at, &tz);
+            proptest::prop_assert_eq!(got.as_str(), want);
+        }
+    }
     use jiff::civil::date;
 
     fn tz() -> TimeZone {

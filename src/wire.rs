@@ -11,7 +11,7 @@ use crate::decide::{self, Decision};
 use crate::identity::Pid;
 use crate::model::{HsaId, Service};
 use crate::snapshot::Snapshot;
-use crate::time::{Instant, format_local};
+use crate::time::{Instant, LocalTime};
 
 /// The body of a `/v1/check` answer.
 #[derive(Debug, Serialize)]
@@ -27,11 +27,11 @@ pub struct DecisionBody<'a> {
     /// The region's never-online units (journal answers).
     pub excluded_care_units: Option<Units<'a>>,
     /// Until when the portal may cache the answer.
-    pub valid_until: Option<String>,
+    pub valid_until: Option<LocalTime>,
     /// The revision decided at.
     pub revision: u64,
     /// The instant decided at.
-    pub at: String,
+    pub at: LocalTime,
 }
 
 /// A list of HSA-IDs, serialized as strings.
@@ -57,9 +57,9 @@ impl<'a> DecisionBody<'a> {
             listing: d.listing.map(|l| l.as_str()),
             care_units: d.care_units.map(Units),
             excluded_care_units: d.excluded_care_units.map(Units),
-            valid_until: d.valid_until.map(|v| format_local(v, tz)),
+            valid_until: d.valid_until.map(|v| LocalTime::new(v, tz)),
             revision: d.revision,
-            at: format_local(at, tz),
+            at: LocalTime::new(at, tz),
         }
     }
 }
@@ -85,7 +85,7 @@ pub struct ChildEntry {
     /// `hidden`, `disabled` or `enabled`.
     pub listing: Option<&'static str>,
     /// Until when the portal may cache the entry.
-    pub valid_until: Option<String>,
+    pub valid_until: Option<LocalTime>,
 }
 
 impl ChildrenBody {
@@ -97,7 +97,7 @@ impl ChildrenBody {
                 decision: if d.allowed() { "allow" } else { "deny" },
                 reason: d.reason.as_str(),
                 listing: d.listing.map(|l| l.as_str()),
-                valid_until: d.valid_until.map(|v| format_local(v, snap.tz())),
+                valid_until: d.valid_until.map(|v| LocalTime::new(v, snap.tz())),
             })
             .collect();
         ChildrenBody {
