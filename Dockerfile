@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -t guardian-access .
-# Run:   docker run --rm guardian-access check --actor 197701012382 --subject 201509162390
+# Run:   docker run --rm -p 7070:7070 guardian-access                 (the demo region)
+#        docker run --rm guardian-access check --actor 197701012382 --subject 201509162390
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
@@ -10,11 +11,13 @@ RUN mkdir -p src benches examples \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
     && echo 'fn main() {}' > benches/decide.rs \
+    && echo 'fn main() {}' > benches/handler.rs \
     && cargo build --release --locked \
     && rm -rf src benches examples
 COPY src ./src
 COPY benches ./benches
 COPY examples ./examples
+COPY fixtures ./fixtures
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin guardian-access
 
 FROM debian:bookworm-slim AS runtime
@@ -23,8 +26,11 @@ WORKDIR /app
 COPY --from=build /src/target/release/guardian-access /usr/local/bin/guardian-access
 COPY fixtures/demo.json ./fixtures/demo.json
 USER 10001:10001
-# The check and admin listeners (SPEC §6).
+# Inside a container the listener must bind every interface.
+ENV GUARDIAN_ACCESS_CHECK_ADDR=0.0.0.0:7070
+# The check listener, and the admin listener the write path adds (SPEC §6).
 EXPOSE 7070 7071
+# SIGTERM: stop accepting, finish in-flight requests, exit.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/guardian-access"]
-CMD ["--help"]
+CMD ["serve", "--demo"]

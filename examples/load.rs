@@ -171,10 +171,11 @@ async fn drive(
                     if due >= deadline {
                         break;
                     }
-                    // tokio's timer has millisecond resolution: sleep to
-                    // within a millisecond, then yield until due, so the
-                    // client's own timer does not pose as server latency.
-                    if let Some(early) = due.checked_sub(Duration::from_millis(1))
+                    // tokio's timer has millisecond resolution and fires
+                    // late under load: sleep to within 3 ms, then yield
+                    // until due, so the client's own timer does not pose
+                    // as server latency.
+                    if let Some(early) = due.checked_sub(Duration::from_millis(3))
                         && early > Instant::now()
                     {
                         tokio::time::sleep_until(early.into()).await;
@@ -297,17 +298,27 @@ fn main() {
         // Warm up both.
         drive(bare_addr, checks.clone(), n, Duration::from_millis(500), None).await;
         drive(check_addr, checks.clone(), n, Duration::from_millis(500), None).await;
-        let bare = drive(bare_addr, checks.clone(), n, d, None).await;
-        report("bare hyper, fixed 200", &bare);
-        let check = drive(check_addr, checks.clone(), n, d, None).await;
-        report("guardian-access /v1/check", &check);
+        // Alternate the two, three rounds, so drift on a shared VM hits both.
+        let mut ratios = Vec::new();
+        let mut peaks = Vec::new();
+        for round in 1..=3 {
+            let bare = drive(bare_addr, checks.clone(), n, d, None).await;
+            report(&format!("{round}: bare hyper, fixed 200"), &bare);
+            let check = drive(check_addr, checks.clone(), n, d, None).await;
+            report(&format!("{round}: guardian-access /v1/check"), &check);
+            ratios.push(check.rate() / bare.rate());
+            peaks.push(check.rate());
+        }
+        ratios.sort_by(f64::total_cmp);
         println!(
-            "ratio /v1/check ÷ bare       {:.2}   (target ≥ 0.80)",
-            check.rate() / bare.rate()
+            "ratio /v1/check ÷ bare       {:.2} median (rounds: {})   (target ≥ 0.80)",
+            ratios[1],
+            ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ")
         );
 
-        let half = check.rate() / 2.0;
-        println!("\nopen loop at half the /v1/check peak ({half:.0} req/s), {n} connections:");
+        peaks.sort_by(f64::total_cmp);
+        let half = peaks[1] / 2.0;
+        println!("\nopen loop at half the /v1/check peak (median of the rounds: {half:.0} req/s), {n} connections:");
         let o = drive(check_addr, checks.clone(), n, d, Some(half)).await;
         report("guardian-access /v1/check", &o);
         println!(

@@ -290,7 +290,11 @@ pub fn parse_check(body: &[u8], tz: &TimeZone, now: Instant) -> Result<Query, Ap
 /// The answer to one check, as JSON.
 pub fn check_answer<'s>(snap: &'s Snapshot, q: &Query) -> (decide::Decision<'s>, Vec<u8>) {
     let d = decide::decide(snap, q);
-    let body = serde_json::to_vec(&DecisionBody::new(&d, q.at, snap.tz())).unwrap_or_default();
+    // Room for a whole answer up front: `to_vec` would grow it twice.
+    let mut body = Vec::with_capacity(384);
+    if serde_json::to_writer(&mut body, &DecisionBody::new(&d, q.at, snap.tz())).is_err() {
+        body.clear();
+    }
     (d, body)
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -197,26 +197,53 @@ fn error(state: &State, endpoint: Endpoint, e: &ApiError) -> Answer {
     r
 }
 
-/// Reads the whole body, refusing more than [`MAX_BODY`].
+/// Reads the whole body, refusing more than [`MAX_BODY`]. The usual body
+/// arrives as one frame and is returned as is, without copying.
 async fn read_body<B>(body: B, declared: Option<u64>) -> Result<Bytes, ApiError>
 where
-    B: Body,
+    B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(ApiError::body_too_large());
     }
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::body_too_large()),
-        Err(_) => Err(ApiError::invalid_body("the body could not be read")),
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut more: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ApiError::invalid_body("the body could not be read"))?;
+        let Ok(data) = frame.into_data() else { continue };
+        // `more`, once started, holds the first frame too.
+        let so_far = if more.is_empty() {
+            first.as_ref().map_or(0, Bytes::len)
+        } else {
+            more.len()
+        };
+        let len = so_far + data.len();
+        if len > MAX_BODY {
+            return Err(ApiError::body_too_large());
+        }
+        match &first {
+            None => first = Some(data),
+            Some(f) => {
+                if more.is_empty() {
+                    more.extend_from_slice(f);
+                }
+                more.extend_from_slice(&data);
+            }
+        }
     }
+    Ok(if more.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        Bytes::from(more)
+    })
 }
 
 /// Answers one request.
 pub async fn handle<B>(state: &State, req: Request<B>) -> Answer
 where
-    B: Body,
+    B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let started = std::time::Instant::now();
@@ -227,7 +254,7 @@ where
 
 async fn route<B>(state: &State, req: Request<B>) -> (Endpoint, Answer)
 where
-    B: Body,
+    B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let endpoint = match req.uri().path() {
