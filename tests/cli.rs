@@ -129,3 +129,88 @@ fn children_of_someone_with_none_is_an_empty_list() {
     let list = json(&run(&["children", "--guardian", "201509162390", "--at", AT]));
     assert_eq!(list, serde_json::json!({"children": [], "revision": 1}));
 }
+
+/// `serve --demo` as a real process: binds, logs where, answers, and stops
+/// cleanly on SIGTERM.
+#[test]
+#[cfg(unix)]
+fn serve_answers_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::Stdio;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_guardian-access"))
+        .args(["serve", "--demo", "--check-addr", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited before listening"
+        );
+        if let Some(rest) = line.split("listening check=").nth(1) {
+            break rest.trim().trim_end_matches(|c: char| !c.is_ascii_digit()).to_owned();
+        }
+    };
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    while !printed.contains("/v1/status") {
+        assert!(stdout.read_line(&mut printed).unwrap() > 0);
+    }
+    assert!(
+        printed.contains(&format!("curl -s http://{addr}/v1/check")),
+        "{printed}"
+    );
+
+    // Wait for readiness, then ask once.
+    let ask = |req: &str| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let mut ready = false;
+    for _ in 0..100 {
+        if ask("GET /readyz HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").starts_with("HTTP/1.1 200") {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(ready);
+    let body = r#"{"actor": "198001032385", "subject": "201801012392", "service": "journal"}"#;
+    let answer = ask(&format!(
+        "POST /v1/check HTTP/1.1\r\nhost: t\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""reason":"blocked""#), "{answer}");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit {status:?}; log: {rest}");
+    assert!(rest.contains("stopped"), "{rest}");
+}
+
+#[test]
+fn serve_refuses_a_bad_setting_naming_it() {
+    let out = run(&["serve", "--demo", "--check-addr", "localhost-ish"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`check_addr`"));
+    let out = run(&["serve", "--demo", "--log-format", "xml"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`log_format`"));
+    let out = run(&["serve"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--demo"));
+}
