@@ -224,11 +224,6 @@ impl std::fmt::Debug for LocalTime {
     }
 }
 
-impl serde::Serialize for LocalTime {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
 
 #[cfg(test)]
 mod tests {

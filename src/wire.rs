@@ -48,6 +48,14 @@ impl Serialize for Units<'_> {
     }
 }
 
+/// Instants go on the wire as their RFC 3339 text. (Here, not in `time`:
+/// the core knows no wire format.)
+impl Serialize for LocalTime {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl<'a> DecisionBody<'a> {
     /// The wire view of `d`, decided at `at`, with instants in Stockholm time.
     pub fn new(d: &Decision<'a>, at: Instant, tz: &TimeZone) -> DecisionBody<'a> {
