@@ -559,6 +559,34 @@ mod tests {
         assert_eq!(batch(&snap, body.as_bytes(), now()).unwrap().outcomes.len(), MAX_BATCH);
     }
 
+    proptest::proptest! {
+        /// Whatever arrives, every reader answers with a value or an error
+        /// whose message carries no digit run from the input.
+        #[test]
+        fn no_input_panics_or_leaks(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            actor in "[0-9+\\- M]{0,14}",
+            field in "(actor|subject|service|at|checks|guardian|x)",
+        ) {
+            let snap = demo();
+            let tz = tz();
+            let _ = parse_check(&bytes, &tz, now());
+            let _ = batch(&snap, &bytes, now());
+            let _ = children(&snap, &bytes, now());
+            let _ = authz_query(Some(&bytes), Some(actor.as_bytes()), Some(b"journal"), &tz, now());
+            let body = format!(r#"{{"{field}": "{actor}", "subject": "201509162390", "service": "journal"}}"#);
+            if let Err(e) = parse_check(body.as_bytes(), &tz, now()) {
+                let digits: String = actor.chars().filter(char::is_ascii_digit).collect();
+                if digits.len() >= 6 {
+                    let text = String::from_utf8(e.body()).unwrap();
+                    proptest::prop_assert!(!text.contains(&digits), "{}", text);
+                }
+            }
+            let wrapped = format!(r#"{{"checks": [{body}, {body}]}}"#);
+            let _ = batch(&snap, wrapped.as_bytes(), now());
+        }
+    }
+
     #[test]
     fn authz_reads_headers() {
         let q = authz_query(

@@ -224,7 +224,6 @@ impl std::fmt::Debug for LocalTime {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
