@@ -125,22 +125,27 @@ impl ApiError {
     pub fn body(&self) -> Vec<u8> {
         #[derive(Serialize)]
         struct Outer<'a> {
-            error: &'a Inner<'a>,
+            error: ErrorView<'a>,
         }
-        #[derive(Serialize)]
-        struct Inner<'a> {
-            code: &'a str,
-            message: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            field: Option<&'a str>,
-        }
-        let inner = Inner {
+        serde_json::to_vec(&Outer { error: self.view() }).unwrap_or_default()
+    }
+
+    /// The `{"code", "message", "field"}` object, alone or inside a batch.
+    fn view(&self) -> ErrorView<'_> {
+        ErrorView {
             code: self.code,
             message: &self.message,
             field: self.field,
-        };
-        serde_json::to_vec(&Outer { error: &inner }).unwrap_or_default()
+        }
     }
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorView<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
 }
 
 /// A check body as sent. Every field is kept raw so that a field of the
@@ -211,37 +216,44 @@ fn required<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<Cow<'a
 }
 
 /// The instant in `at`, or `now` when it is left out.
-fn instant(raw: Option<&RawValue>, tz: &TimeZone, now: Instant) -> Result<Instant, ApiError> {
-    match string(raw, "at")? {
+fn instant(at: Option<&str>, tz: &TimeZone, now: Instant) -> Result<Instant, ApiError> {
+    match at {
         None => Ok(now),
-        Some(s) => time::parse_instant(&s, tz).map_err(|e| ApiError::invalid_time("at", e)),
+        Some(s) => time::parse_instant(s, tz).map_err(|e| ApiError::invalid_time("at", e)),
     }
 }
 
-fn identity(raw: Option<&RawValue>, field: &'static str, at: Instant, tz: &TimeZone) -> Result<Pid, ApiError> {
-    let s = required(raw, field)?;
-    Pid::parse_with(&s, || time::local_date(at, tz).year()).map_err(|e| ApiError::identity(field, e))
+/// An identity number, its 10-digit century resolved against `at`'s year.
+fn identity(s: &str, field: &'static str, at: Instant, tz: &TimeZone) -> Result<Pid, ApiError> {
+    Pid::parse_with(s, || time::local_date(at, tz).year()).map_err(|e| ApiError::identity(field, e))
 }
 
-fn service(raw: Option<&RawValue>) -> Result<Service, ApiError> {
-    let s = required(raw, "service")?;
-    Service::parse(&s).ok_or_else(|| ApiError::invalid_service("service"))
+fn service(s: &str) -> Result<Service, ApiError> {
+    Service::parse(s).ok_or_else(|| ApiError::invalid_service("service"))
 }
 
-impl CheckBody<'_> {
-    fn query(&self, tz: &TimeZone, now: Instant) -> Result<Query, ApiError> {
-        let at = instant(self.at, tz, now)?;
-        Ok(Query {
-            actor: identity(self.actor, "actor", at, tz)?,
-            subject: identity(self.subject, "subject", at, tz)?,
-            service: service(self.service)?,
-            at,
-        })
-    }
+/// The one place a check's four strings become a [`Query`], whichever way
+/// they were read.
+fn query(
+    actor: &str,
+    subject: &str,
+    service_name: &str,
+    at: Option<&str>,
+    tz: &TimeZone,
+    now: Instant,
+) -> Result<Query, ApiError> {
+    let at = instant(at, tz, now)?;
+    Ok(Query {
+        actor: identity(actor, "actor", at, tz)?,
+        subject: identity(subject, "subject", at, tz)?,
+        service: service(service_name)?,
+        at,
+    })
 }
 
-/// The common, well-formed check body, read in one pass. Anything it does
-/// not accept is read again by [`CheckBody`], which names what is wrong.
+/// The common, well-formed check body, read in one pass with borrowed
+/// strings. A body it does not fit (a field missing or not a string) is
+/// read again as a [`CheckBody`], which names the field.
 #[derive(Debug, Deserialize)]
 struct WellFormedCheck<'a> {
     #[serde(borrow)]
@@ -254,37 +266,23 @@ struct WellFormedCheck<'a> {
     at: Option<Cow<'a, str>>,
 }
 
-impl WellFormedCheck<'_> {
-    fn query(&self, tz: &TimeZone, now: Instant) -> Option<Query> {
-        let at = match &self.at {
-            None => now,
-            Some(s) => time::parse_instant(s, tz).ok()?,
-        };
-        let year = || time::local_date(at, tz).year();
-        Some(Query {
-            actor: Pid::parse_with(&self.actor, year).ok()?,
-            subject: Pid::parse_with(&self.subject, year).ok()?,
-            service: Service::parse(&self.service)?,
-            at,
-        })
-    }
-}
-
-/// Reads a check object: one pass when it is well formed, and a second,
-/// field by field, to say precisely what is wrong when it is not.
-fn check_query(body: &[u8], tz: &TimeZone, now: Instant) -> Result<Query, ApiError> {
-    if body.trim_ascii_start().first() == Some(&b'{')
-        && let Ok(fast) = serde_json::from_slice::<WellFormedCheck>(body)
-        && let Some(q) = fast.query(tz, now)
-    {
-        return Ok(q);
-    }
-    object::<CheckBody>(body)?.query(tz, now)
-}
-
-/// Reads a `/v1/check` body into a query.
+/// Reads a `/v1/check` body (or one check of a batch) into a query.
 pub fn parse_check(body: &[u8], tz: &TimeZone, now: Instant) -> Result<Query, ApiError> {
-    check_query(body, tz, now)
+    if body.trim_ascii_start().first() == Some(&b'{')
+        && let Ok(c) = serde_json::from_slice::<WellFormedCheck>(body)
+    {
+        return query(&c.actor, &c.subject, &c.service, c.at.as_deref(), tz, now);
+    }
+    let c: CheckBody = object(body)?;
+    let at = string(c.at, "at")?;
+    query(
+        &required(c.actor, "actor")?,
+        &required(c.subject, "subject")?,
+        &required(c.service, "service")?,
+        at.as_deref(),
+        tz,
+        now,
+    )
 }
 
 /// The answer to one check, as JSON.
@@ -304,14 +302,6 @@ pub fn check_answer<'s>(snap: &'s Snapshot, q: &Query) -> (decide::Decision<'s>,
 enum BatchEntry<'a> {
     Answer(DecisionBody<'a>),
     Error { error: ErrorView<'a> },
-}
-
-#[derive(Debug, Serialize)]
-struct ErrorView<'a> {
-    code: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
 }
 
 /// The outcome of a batch: its body, and each check's decision or error
@@ -337,9 +327,11 @@ pub fn batch<'s>(snap: &'s Snapshot, body: &[u8], now: Instant) -> Result<Batch<
     let outcomes: Vec<Result<(Query, decide::Decision<'s>), ApiError>> = checks
         .iter()
         .map(|raw| {
-            let body: CheckBody =
-                object(raw.get().as_bytes()).map_err(|_| ApiError::invalid_body("each check must be a JSON object"))?;
-            let q = body.query(tz, now)?;
+            // An error about the check as a whole, not one of its fields.
+            let q = parse_check(raw.get().as_bytes(), tz, now).map_err(|e| match e.field {
+                Some(_) => e,
+                None => ApiError::invalid_body("each check must be a JSON object"),
+            })?;
             Ok((q, decide::decide(snap, &q)))
         })
         .collect();
@@ -352,13 +344,7 @@ pub fn batch<'s>(snap: &'s Snapshot, body: &[u8], now: Instant) -> Result<Batch<
         .iter()
         .map(|o| match o {
             Ok((q, d)) => BatchEntry::Answer(DecisionBody::new(d, q.at, tz)),
-            Err(e) => BatchEntry::Error {
-                error: ErrorView {
-                    code: e.code,
-                    message: &e.message,
-                    field: e.field,
-                },
-            },
+            Err(e) => BatchEntry::Error { error: e.view() },
         })
         .collect();
     let body = serde_json::to_vec(&Out {
@@ -376,9 +362,9 @@ pub fn batch<'s>(snap: &'s Snapshot, body: &[u8], now: Instant) -> Result<Batch<
 pub fn children(snap: &Snapshot, body: &[u8], now: Instant) -> Result<Vec<u8>, ApiError> {
     let req: ChildrenRequest = object(body)?;
     let tz = snap.tz();
-    let at = instant(req.at, tz, now)?;
-    let guardian = identity(req.guardian, "guardian", at, tz)?;
-    let service = service(req.service)?;
+    let at = instant(string(req.at, "at")?.as_deref(), tz, now)?;
+    let guardian = identity(&required(req.guardian, "guardian")?, "guardian", at, tz)?;
+    let service = service(&required(req.service, "service")?)?;
     Ok(serde_json::to_vec(&ChildrenBody::new(snap, guardian, service, at)).unwrap_or_default())
 }
 
@@ -393,13 +379,7 @@ pub fn authz_query(
     let actor = header(actor, "actor")?;
     let subject = header(subject, "subject")?;
     let service_value = header(service_value, "service")?;
-    let year = || time::local_date(now, tz).year();
-    Ok(Query {
-        actor: Pid::parse_with(actor.trim(), year).map_err(|e| ApiError::identity("actor", e))?,
-        subject: Pid::parse_with(subject.trim(), year).map_err(|e| ApiError::identity("subject", e))?,
-        service: Service::parse(service_value.trim()).ok_or_else(|| ApiError::invalid_service("service"))?,
-        at: now,
-    })
+    query(actor.trim(), subject.trim(), service_value.trim(), None, tz, now)
 }
 
 fn header<'a>(v: Option<&'a [u8]>, field: &'static str) -> Result<&'a str, ApiError> {

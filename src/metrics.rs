@@ -140,20 +140,22 @@ impl Metrics {
     }
 
     fn write(&self, out: &mut String, snap: SnapshotGauges) -> std::fmt::Result {
-        writeln!(
+        family(
             out,
-            "# HELP guardian_access_requests_total Requests answered, by endpoint."
+            "guardian_access_requests_total",
+            "counter",
+            "Requests answered, by endpoint.",
         )?;
-        writeln!(out, "# TYPE guardian_access_requests_total counter")?;
         for e in Endpoint::ALL {
             let n = self.requests[e as usize].load(Relaxed);
             writeln!(out, "guardian_access_requests_total{{endpoint=\"{}\"}} {n}", e.as_str())?;
         }
-        writeln!(
+        family(
             out,
-            "# HELP guardian_access_decisions_total Decisions, by endpoint, decision and reason."
+            "guardian_access_decisions_total",
+            "counter",
+            "Decisions, by endpoint, decision and reason.",
         )?;
-        writeln!(out, "# TYPE guardian_access_decisions_total counter")?;
         for e in Endpoint::ALL {
             for r in Reason::ALL {
                 let n = self.decisions[e as usize][r as usize].load(Relaxed);
@@ -168,11 +170,12 @@ impl Metrics {
                 }
             }
         }
-        writeln!(
+        family(
             out,
-            "# HELP guardian_access_errors_total Error answers, by endpoint and code."
+            "guardian_access_errors_total",
+            "counter",
+            "Error answers, by endpoint and code.",
         )?;
-        writeln!(out, "# TYPE guardian_access_errors_total counter")?;
         for e in Endpoint::ALL {
             for (c, code) in ERROR_CODES.iter().enumerate() {
                 let n = self.errors[e as usize][c].load(Relaxed);
@@ -185,11 +188,12 @@ impl Metrics {
                 }
             }
         }
-        writeln!(
+        family(
             out,
-            "# HELP guardian_access_request_duration_seconds Time from a request's head to its answer, by endpoint."
+            "guardian_access_request_duration_seconds",
+            "histogram",
+            "Time from a request's head to its answer, by endpoint.",
         )?;
-        writeln!(out, "# TYPE guardian_access_request_duration_seconds histogram")?;
         for e in Endpoint::ALL {
             let name = e.as_str();
             let mut cumulative = 0;
@@ -216,36 +220,44 @@ impl Metrics {
                 "guardian_access_request_duration_seconds_count{{endpoint=\"{name}\"}} {cumulative}"
             )?;
         }
-        writeln!(
+        family(
             out,
-            "# HELP guardian_access_ready 1 when a snapshot is loaded and checks are answered."
+            "guardian_access_ready",
+            "gauge",
+            "1 when a snapshot is loaded and checks are answered.",
         )?;
-        writeln!(out, "# TYPE guardian_access_ready gauge")?;
         writeln!(out, "guardian_access_ready {}", u8::from(snap.ready))?;
-        writeln!(
+        family(
             out,
-            "# HELP guardian_access_snapshot_revision Revision of the snapshot checks are answered from."
+            "guardian_access_snapshot_revision",
+            "gauge",
+            "Revision of the snapshot checks are answered from.",
         )?;
-        writeln!(out, "# TYPE guardian_access_snapshot_revision gauge")?;
         writeln!(out, "guardian_access_snapshot_revision {}", snap.revision)?;
-        writeln!(
+        family(
             out,
-            "# HELP guardian_access_snapshot_age_seconds Seconds since that snapshot was loaded."
+            "guardian_access_snapshot_age_seconds",
+            "gauge",
+            "Seconds since that snapshot was loaded.",
         )?;
-        writeln!(out, "# TYPE guardian_access_snapshot_age_seconds gauge")?;
         writeln!(out, "guardian_access_snapshot_age_seconds {:.3}", snap.age_seconds)?;
-        writeln!(out, "# HELP guardian_access_connections_open Open client connections.")?;
-        writeln!(out, "# TYPE guardian_access_connections_open gauge")?;
+        family(
+            out,
+            "guardian_access_connections_open",
+            "gauge",
+            "Open client connections.",
+        )?;
         writeln!(
             out,
             "guardian_access_connections_open {}",
             self.connections_open.load(Relaxed)
         )?;
-        writeln!(
+        family(
             out,
-            "# HELP guardian_access_connections_refused_total Connections closed at once at the connection limit."
+            "guardian_access_connections_refused_total",
+            "counter",
+            "Connections closed at once at the connection limit.",
         )?;
-        writeln!(out, "# TYPE guardian_access_connections_refused_total counter")?;
         writeln!(
             out,
             "guardian_access_connections_refused_total {}",
@@ -253,6 +265,12 @@ impl Metrics {
         )?;
         Ok(())
     }
+}
+
+/// The `# HELP` and `# TYPE` lines that open a metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) -> std::fmt::Result {
+    writeln!(out, "# HELP {name} {help}")?;
+    writeln!(out, "# TYPE {name} {kind}")
 }
 
 #[cfg(test)]
@@ -295,5 +313,10 @@ mod tests {
         assert!(text.contains("guardian_access_request_duration_seconds_count{endpoint=\"check\"} 2"));
         assert!(text.contains("guardian_access_snapshot_revision 42"));
         assert!(text.contains("guardian_access_ready 1"));
+        assert!(text.contains("\n# TYPE guardian_access_request_duration_seconds histogram\n"));
+        assert!(text.starts_with("# HELP guardian_access_requests_total Requests answered, by endpoint.\n# TYPE guardian_access_requests_total counter\n"));
+        let families = text.lines().filter(|l| l.starts_with("# TYPE")).count();
+        assert_eq!(families, text.lines().filter(|l| l.starts_with("# HELP")).count());
+        assert_eq!(families, 9);
     }
 }

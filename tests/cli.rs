@@ -50,9 +50,18 @@ fn check_denies_a_blocked_guardian_in_eservices() {
 
 #[test]
 fn ten_digit_numbers_resolve_against_the_evaluation_date() {
-    // With `-`, 770101-2382 is the most recent 1x77 not in the future: 1977.
-    let body = json(&check("7701012382", "7701012382", &["--at", AT]));
-    assert_eq!(body["reason"], "own_access");
+    // `150916-2390` is the most recent 1x15 not in the future: 2015, the
+    // demo's 11-year-old. `150916+2390` is a hundred years earlier: 1915,
+    // someone the population data does not know.
+    let body = json(&check("770101-2382", "150916-2390", &["--at", AT]));
+    assert_eq!(body["reason"], "guardian");
+    let body = json(&check("770101-2382", "1509162390", &["--at", AT]));
+    assert_eq!(body["reason"], "guardian", "no separator reads as `-`");
+    let body = json(&check("770101-2382", "150916+2390", &["--at", AT]));
+    assert_eq!(body["reason"], "not_guardian");
+    // Before 2015 the same `-` form meant 1915.
+    let body = json(&check("770101-2382", "150916-2390", &["--at", "2014-06-01"]));
+    assert_eq!(body["reason"], "not_guardian");
 }
 
 #[test]
