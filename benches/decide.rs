@@ -98,7 +98,7 @@ fn swapper(
     base: Snapshot,
     pause: Option<Duration>,
 ) -> JoinHandle<u64> {
-    let rules = Arc::new(Rules::new(base.rules().all().to_vec()));
+    let rules = Arc::new(Rules::new(base.rules().iter().cloned().collect()));
     std::thread::spawn(move || {
         let mut revision = base.revision();
         let mut swaps = 0u64;

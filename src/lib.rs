@@ -8,13 +8,16 @@
 pub mod api;
 pub mod config;
 pub mod decide;
+mod filter;
 pub mod fixtures;
 pub mod identity;
 pub mod metrics;
 pub mod model;
 pub mod people;
 pub mod server;
+pub mod snapfile;
 pub mod snapshot;
+pub mod store;
 pub mod synth;
 #[cfg(test)]
 mod testing;
@@ -24,5 +27,5 @@ pub mod wire;
 pub use decide::{Decision, Listing, Query, Reason, children, decide};
 pub use identity::{IdentityError, Pid};
 pub use model::{HsaId, Rule, RuleId, RuleKind, Service, Services, Settings};
-pub use snapshot::{People, PeopleBuilder, Rules, Snapshot};
+pub use snapshot::{People, PeopleBuilder, PersonRecord, Rules, Snapshot};
 pub use time::Instant;

@@ -71,6 +71,16 @@ impl Services {
         self.0 == 0
     }
 
+    /// The set as stored: bit 0 journal, bit 1 e-services.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// A set as stored; `None` if it has bits no service uses.
+    pub fn from_bits(bits: u8) -> Option<Services> {
+        (bits & !Services::BOTH.0 == 0).then_some(Services(bits))
+    }
+
     /// The services in wire order.
     pub fn iter(self) -> impl Iterator<Item = Service> {
         [Service::Journal, Service::Eservices]

@@ -18,11 +18,12 @@ use std::sync::Arc;
 
 use jiff::tz::TimeZone;
 
+use crate::filter::Filter;
 use crate::identity::Pid;
 use crate::model::{Rule, Settings, SettingsError};
 use crate::time::{self, TimeError};
 
-pub use crate::people::{AgeLimits, People, PeopleBuilder};
+pub use crate::people::{AgeLimits, People, PeopleBuilder, PersonRecord};
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -44,31 +45,42 @@ pub enum BuildError {
     /// `People` was built under other age settings than the snapshot's.
     #[error("the population index was built with other age settings")]
     SettingsMismatch,
+    /// A person names a guardian the table does not hold (a bug, refused).
+    #[error("a guardian is missing from the population index")]
+    MissingGuardian,
 }
 
-/// Every restriction and grant, grouped by subject.
+/// Every restriction and grant, grouped by subject: a base shared between
+/// snapshots plus a small overlay of the subjects whose rules changed since.
 ///
-/// Invariants: each subject's rules are contiguous in `rules`, sorted by
-/// `valid_from` then id; lifted and expired rules are kept so that a question
-/// about a past instant gets the answer that held then; `filter` has the bit
-/// of every subject with rules set, so that the hot path skips the hash
-/// lookup for the great majority of subjects, who have none.
-#[derive(Debug)]
+/// Invariants: each subject's rules are sorted by `valid_from` then id;
+/// lifted and expired rules are kept so that a question about a past
+/// instant gets the answer that held then; a subject in the overlay has its
+/// whole current list there; each filter holds every subject of its map, so
+/// that the hot path skips the hash lookups for the great majority of
+/// subjects, who have no rules.
+#[derive(Debug, Clone, Default)]
 pub struct Rules {
+    base: Arc<RuleTable>,
+    overlay: Arc<RuleOverlay>,
+    len: usize,
+}
+
+#[derive(Debug, Default)]
+struct RuleTable {
     by_subject: HashMap<Pid, (u32, u32), Hasher>,
     rules: Vec<Rule>,
-    filter: Vec<u64>,
-    filter_shift: u32,
+    filter: Filter,
 }
 
-impl Default for Rules {
-    fn default() -> Rules {
-        Rules::new(Vec::new())
-    }
+#[derive(Debug, Clone, Default)]
+struct RuleOverlay {
+    by_subject: HashMap<Pid, Box<[Rule]>, Hasher>,
+    filter: Filter,
 }
 
 impl Rules {
-    /// Groups `rules` by subject.
+    /// Groups `rules` by subject into a new base.
     pub fn new(mut rules: Vec<Rule>) -> Rules {
         rules.sort_by_key(|r| (r.subject, r.valid_from, r.id));
         let mut by_subject: HashMap<Pid, (u32, u32), Hasher> = HashMap::default();
@@ -79,56 +91,109 @@ impl Rules {
             by_subject.insert(subject, (start as u32, end as u32));
             start = end;
         }
-        // About 16 bits per subject: one in twenty subjects without rules
-        // still takes the hash lookup.
-        let bits = (by_subject.len() * 16).next_power_of_two().max(1024);
-        let filter_shift = 64 - bits.trailing_zeros();
-        let mut filter = vec![0u64; bits / 64];
-        for subject in by_subject.keys() {
-            let b = filter_bit(*subject, filter_shift);
-            filter[b / 64] |= 1 << (b % 64);
-        }
+        let filter = Filter::new(by_subject.len(), by_subject.keys().map(|p| p.get()));
         Rules {
-            by_subject,
-            rules,
-            filter,
-            filter_shift,
+            len: rules.len(),
+            base: Arc::new(RuleTable {
+                by_subject,
+                rules,
+                filter,
+            }),
+            overlay: Arc::default(),
         }
     }
 
     /// The rules on `subject`, oldest first.
     #[inline]
     pub fn for_subject(&self, subject: Pid) -> &[Rule] {
-        let b = filter_bit(subject, self.filter_shift);
-        if self.filter[b / 64] & (1 << (b % 64)) == 0 {
+        let key = subject.get();
+        if self.overlay.filter.may_contain(key)
+            && let Some(list) = self.overlay.by_subject.get(&subject)
+        {
+            return list;
+        }
+        if !self.base.filter.may_contain(key) {
             return &[];
         }
-        match self.by_subject.get(&subject) {
-            Some(&(s, e)) => &self.rules[s as usize..e as usize],
+        match self.base.by_subject.get(&subject) {
+            Some(&(s, e)) => &self.base.rules[s as usize..e as usize],
             None => &[],
         }
     }
 
-    /// Every rule.
-    pub fn all(&self) -> &[Rule] {
-        &self.rules
+    /// Every rule, grouped by subject.
+    pub fn iter(&self) -> impl Iterator<Item = &Rule> {
+        let overlay = &self.overlay;
+        self.base
+            .rules
+            .iter()
+            .filter(move |r| !overlay.by_subject.contains_key(&r.subject))
+            .chain(overlay.by_subject.values().flat_map(|l| l.iter()))
     }
 
     /// Number of rules.
     pub fn len(&self) -> usize {
-        self.rules.len()
+        self.len
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.len == 0
     }
-}
 
-/// Fibonacci hashing onto the filter's bits.
-#[inline]
-fn filter_bit(pid: Pid, shift: u32) -> usize {
-    (pid.get().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize
+    /// Number of subjects in the overlay (whose rules changed since the base).
+    pub fn overlay_len(&self) -> usize {
+        self.overlay.by_subject.len()
+    }
+
+    /// The same rules with `changed` added or replaced (by id), sharing the
+    /// base: the write path for restrictions and grants.
+    pub fn apply(&self, changed: &[Rule]) -> Rules {
+        let mut overlay = (*self.overlay).clone();
+        let mut len = self.len;
+        for rule in changed {
+            let mut list: Vec<Rule> = match overlay.by_subject.get(&rule.subject) {
+                Some(l) => l.to_vec(),
+                None => self.for_subject(rule.subject).to_vec(),
+            };
+            match list.iter_mut().find(|r| r.id == rule.id) {
+                Some(r) => *r = rule.clone(),
+                None => {
+                    list.push(rule.clone());
+                    len += 1;
+                }
+            }
+            list.sort_by_key(|r| (r.valid_from, r.id));
+            overlay.by_subject.insert(rule.subject, list.into_boxed_slice());
+        }
+        overlay.filter = Filter::new(overlay.by_subject.len(), overlay.by_subject.keys().map(|p| p.get()));
+        Rules {
+            base: self.base.clone(),
+            overlay: Arc::new(overlay),
+            len,
+        }
+    }
+
+    /// A new base holding everything, with an empty overlay.
+    pub fn fold(&self) -> Rules {
+        if self.overlay.by_subject.is_empty() {
+            return self.clone();
+        }
+        Rules::new(self.iter().cloned().collect())
+    }
+
+    fn heap_bytes(&self) -> usize {
+        let b = &self.base;
+        b.rules.capacity() * std::mem::size_of::<Rule>()
+            + b.by_subject.capacity() * (std::mem::size_of::<(Pid, (u32, u32))>() + 1)
+            + b.filter.heap_bytes()
+            + self
+                .overlay
+                .by_subject
+                .values()
+                .map(|l| l.len() * std::mem::size_of::<Rule>())
+                .sum::<usize>()
+    }
 }
 
 /// Everything a check needs, immutable, at one revision.
@@ -200,10 +265,45 @@ impl Snapshot {
 
     /// Heap bytes held by both halves (rules counted by their fixed size).
     pub fn heap_bytes(&self) -> usize {
-        self.people.heap_bytes()
-            + self.rules.rules.capacity() * std::mem::size_of::<Rule>()
-            + self.rules.by_subject.capacity() * (std::mem::size_of::<(Pid, (u32, u32))>() + 1)
-            + self.rules.filter.capacity() * 8
+        self.people.heap_bytes() + self.rules.heap_bytes()
+    }
+
+    /// The snapshot after a committed change at `revision`: `persons`
+    /// upserted and `rules` added or replaced, both halves sharing their
+    /// bases with this one. Cheap for small changes; see [`Snapshot::fold`].
+    pub fn apply(&self, revision: u64, persons: &[PersonRecord], rules: &[Rule]) -> Result<Snapshot, BuildError> {
+        let people = if persons.is_empty() {
+            self.people.clone()
+        } else {
+            Arc::new(self.people.apply(persons, &self.settings, &self.tz)?)
+        };
+        let rules = if rules.is_empty() {
+            self.rules.clone()
+        } else {
+            Arc::new(self.rules.apply(rules))
+        };
+        Ok(Snapshot {
+            revision,
+            people,
+            rules,
+            ..self.clone()
+        })
+    }
+
+    /// The same answers from new bases with empty overlays, at the same
+    /// revision. Takes seconds at national scale: done off the hot path.
+    pub fn fold(&self) -> Result<Snapshot, BuildError> {
+        Ok(Snapshot {
+            people: Arc::new(self.people.fold()?),
+            rules: Arc::new(self.rules.fold()),
+            ..self.clone()
+        })
+    }
+
+    /// How many entries the overlays hold: persons plus subjects with
+    /// changed rules. Zero right after a build or a fold.
+    pub fn overlay_len(&self) -> usize {
+        self.people.overlay_len() + self.rules.overlay_len()
     }
 }
 
@@ -250,5 +350,39 @@ mod tests {
         assert_eq!(ids, vec![3, 1]);
         assert_eq!(rules.for_subject(b).len(), 1);
         assert!(rules.for_subject(pid("197701012382")).is_empty());
+    }
+
+    #[test]
+    fn rules_apply_replaces_by_id_and_fold_keeps_every_rule() {
+        let (a, b) = (pid("201509162390"), pid("201801012392"));
+        let rule = |id, subject, from: i64| Rule {
+            id: crate::model::RuleId(id),
+            kind: crate::model::RuleKind::Seal,
+            subject,
+            guardian: None,
+            services: crate::model::Services::JOURNAL,
+            valid_from: Instant::from_nanos(from),
+            valid_until: None,
+            lifted_at: None,
+            care_units: None,
+        };
+        let base = Rules::new(vec![rule(1, a, 30), rule(2, b, 10)]);
+        let mut lifted = rule(1, a, 30);
+        lifted.lifted_at = Some(Instant::from_nanos(40));
+        let next = base.apply(&[lifted.clone(), rule(3, a, 20)]);
+        assert_eq!(next.len(), 3);
+        assert_eq!(next.overlay_len(), 1);
+        let ids: Vec<u64> = next.for_subject(a).iter().map(|r| r.id.0).collect();
+        assert_eq!(ids, vec![3, 1], "in start order");
+        assert_eq!(next.for_subject(a)[1].lifted_at, lifted.lifted_at);
+        assert_eq!(next.for_subject(b).len(), 1, "untouched subjects come from the base");
+        assert_eq!(base.for_subject(a).len(), 1, "the old rules are untouched");
+        let folded = next.fold();
+        assert_eq!(folded.overlay_len(), 0);
+        assert_eq!(folded.len(), 3);
+        let mut all: Vec<u64> = folded.iter().map(|r| r.id.0).collect();
+        all.sort();
+        assert_eq!(all, vec![1, 2, 3]);
+        assert_eq!(folded.for_subject(a), next.for_subject(a));
     }
 }

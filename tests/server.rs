@@ -498,7 +498,7 @@ async fn a_new_snapshot_is_answered_from_at_once() {
     let body = check_body("197701012382", "201509162390", "journal");
     assert_eq!(c.post("/v1/check", &body).await.json()["revision"], 1);
     let snap = Scenario::demo().unwrap().snapshot().unwrap();
-    let rules = Arc::new(guardian_access::Rules::new(snap.rules().all().to_vec()));
+    let rules = Arc::new(guardian_access::Rules::new(snap.rules().iter().cloned().collect()));
     s.state.publish(snap.with_rules(7, rules));
     assert_eq!(c.post("/v1/check", &body).await.json()["revision"], 7);
     assert_eq!(c.get("/v1/status").await.json()["revision"], 7);
