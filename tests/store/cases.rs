@@ -1,0 +1,296 @@
+//! Store behaviour, written once and run against every backend.
+
+use guardian_access::PersonRecord;
+use guardian_access::identity::Pid;
+use guardian_access::model::{HsaId, Rule, RuleId, RuleKind, Services};
+use guardian_access::store::{
+    Caller, Changes, ConfirmRequest, Family, ImportMsg, LiftRequest, NewRule, Role, RuleMeta, Store, StoreError,
+};
+use guardian_access::time::Instant;
+use tokio::sync::mpsc;
+
+pub const KID: &str = "201509162390";
+pub const MOTHER: &str = "197701012382";
+pub const FATHER: &str = "198001022386";
+pub const STRANGER: &str = "198501022381";
+pub const UNIT: &str = "SE2321000131-E000000000001";
+pub const OTHER_UNIT: &str = "SE2321000131-E000000000002";
+
+pub fn pid(s: &str) -> Pid {
+    Pid::parse(s, jiff::civil::date(2026, 11, 23)).unwrap()
+}
+
+pub fn registrar() -> Caller {
+    Caller {
+        name: "Kontaktcenter".into(),
+        role: Role::Registrar,
+        unit: None,
+    }
+}
+
+pub fn family() -> Vec<PersonRecord> {
+    vec![PersonRecord {
+        id: pid(KID),
+        birth_date: None,
+        protected: false,
+        guardians: vec![pid(MOTHER), pid(FATHER)],
+    }]
+}
+
+pub fn block(guardian: Option<&str>, urgent: bool) -> NewRule {
+    NewRule {
+        rule: Rule {
+            id: RuleId(0),
+            kind: RuleKind::Block,
+            subject: pid(KID),
+            guardian: guardian.map(pid),
+            services: Services::BOTH,
+            valid_from: Instant::from_nanos(1_700_000_000_000_000_000),
+            valid_until: None,
+            lifted_at: None,
+            care_units: None,
+        },
+        meta: RuleMeta {
+            issuing_unit: HsaId::parse(UNIT).unwrap(),
+            decided_by: serde_json::json!({"name": "Verksamhetschef"}),
+            requested_by: None,
+            basis: "orosanmälan".into(),
+            urgent,
+            reference: Some("Dnr 1".into()),
+        },
+    }
+}
+
+pub fn lift_by(unit: &str, family: Family) -> LiftRequest {
+    LiftRequest {
+        family,
+        issuing_unit: HsaId::parse(unit).unwrap(),
+        decided_by: serde_json::json!({"name": "Verksamhetschef"}),
+        basis: "hotbild kontrollerad".into(),
+        threat_assessment_done: true,
+    }
+}
+
+pub async fn import(
+    store: &Store,
+    batches: Vec<Vec<PersonRecord>>,
+    commit: bool,
+) -> Result<guardian_access::store::Imported, StoreError> {
+    let (tx, rx) = mpsc::channel(4);
+    let send = async move {
+        for b in batches {
+            tx.send(ImportMsg::Batch(b)).await.unwrap();
+        }
+        if commit {
+            tx.send(ImportMsg::End).await.unwrap();
+        }
+    };
+    let by = registrar();
+    let (r, ()) = tokio::join!(store.import(rx, &by), send);
+    r
+}
+
+pub async fn revisions_are_gapless_and_every_write_is_audited(store: Store) {
+    assert_eq!(store.revision().await.unwrap(), 0);
+    let imported = import(&store, vec![family()], true).await.unwrap();
+    assert_eq!((imported.revision, imported.upserted, imported.changed), (1, 1, 1));
+    let c = store
+        .create_rule(block(Some(MOTHER), false), true, &registrar())
+        .await
+        .unwrap();
+    assert_eq!(c.revision, 2);
+    assert_eq!(
+        c.rule_id,
+        Some(RuleId(2)),
+        "a rule's id is the revision that created it"
+    );
+    let Changes::Delta {
+        revision,
+        persons,
+        rules,
+    } = store.changes(0, 1000).await.unwrap()
+    else {
+        panic!("expected a delta")
+    };
+    assert_eq!(revision, 2);
+    assert_eq!(persons, family());
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].guardian, Some(pid(MOTHER)));
+    assert!(matches!(store.changes(2, 1000).await.unwrap(), Changes::UpToDate(2)));
+    assert!(matches!(store.changes(1, 1000).await.unwrap(), Changes::Delta { persons, .. } if persons.is_empty()));
+    assert!(matches!(store.changes(0, 0).await.unwrap(), Changes::TooMany(2)));
+    assert!(
+        matches!(store.changes(3, 1000).await, Err(StoreError::Corrupt(_))),
+        "a snapshot ahead of its store"
+    );
+
+    let audit = store.audit_of(pid(KID)).await.unwrap();
+    let actions: Vec<(u64, &str)> = audit.iter().map(|e| (e.revision, e.action.as_str())).collect();
+    assert_eq!(actions, vec![(1, "population"), (2, "create_restriction")]);
+    assert_eq!(audit[1].actor, "Kontaktcenter");
+    assert_eq!(audit[1].detail["basis"], "orosanmälan");
+    assert_eq!(audit[0].detail["guardians"], serde_json::json!([MOTHER, FATHER]));
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded.revision, 2);
+    assert_eq!(loaded.rules.len(), 1);
+    assert_eq!(loaded.people.len(), 1);
+}
+
+pub async fn a_block_must_name_a_registered_guardian(store: Store) {
+    import(&store, vec![family()], true).await.unwrap();
+    let e = store
+        .create_rule(block(Some(STRANGER), false), true, &registrar())
+        .await;
+    assert!(matches!(e, Err(StoreError::NotGuardian)), "{e:?}");
+    assert_eq!(
+        store.revision().await.unwrap(),
+        1,
+        "nothing was written, not even a revision"
+    );
+    assert!(store.rules_of(pid(KID)).await.unwrap().is_empty());
+    store
+        .create_rule(block(Some(FATHER), false), true, &registrar())
+        .await
+        .unwrap();
+    store
+        .create_rule(block(None, false), false, &registrar())
+        .await
+        .unwrap();
+    assert_eq!(store.rules_of(pid(KID)).await.unwrap().len(), 2);
+}
+
+pub async fn lifting_follows_the_rules(store: Store) {
+    import(&store, vec![family()], true).await.unwrap();
+    let id = store
+        .create_rule(block(None, false), false, &registrar())
+        .await
+        .unwrap()
+        .rule_id
+        .unwrap();
+    let before = store.revision().await.unwrap();
+    for (req, id, want) in [
+        (lift_by(OTHER_UNIT, Family::Restriction), id, "WrongUnit"),
+        (lift_by(UNIT, Family::Grant), id, "NotFound"),
+        (lift_by(UNIT, Family::Restriction), RuleId(999), "NotFound"),
+    ] {
+        let e = store.lift(id, req, &registrar()).await.unwrap_err();
+        assert_eq!(format!("{e:?}"), want);
+    }
+    assert_eq!(store.revision().await.unwrap(), before, "refused lifts write nothing");
+    let lifted = store
+        .lift(id, lift_by(UNIT, Family::Restriction), &registrar())
+        .await
+        .unwrap();
+    assert_eq!(lifted.revision, before + 1);
+    let e = store
+        .lift(id, lift_by(UNIT, Family::Restriction), &registrar())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::AlreadyLifted));
+    let stored = &store.rules_of(pid(KID)).await.unwrap()[0];
+    assert!(stored.rule.lifted_at.is_some());
+    assert_eq!(stored.lift.as_ref().unwrap()["threat_assessment_done"], true);
+    assert_eq!(stored.lift.as_ref().unwrap()["by"], "Kontaktcenter");
+    assert_eq!(stored.revision, lifted.revision);
+    let Changes::Delta { rules, .. } = store.changes(before, 10).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(rules.len(), 1);
+    assert!(
+        rules[0].lifted_at.is_some(),
+        "the change log carries the rule as it is now"
+    );
+}
+
+pub async fn urgent_restrictions_wait_for_their_form(store: Store) {
+    let confirm = |unit: &str| ConfirmRequest {
+        issuing_unit: HsaId::parse(unit).unwrap(),
+        decided_by: serde_json::json!({"name": "Verksamhetschef"}),
+        form_reference: "Blankett 7".into(),
+    };
+    let plain = store
+        .create_rule(block(None, false), false, &registrar())
+        .await
+        .unwrap()
+        .rule_id
+        .unwrap();
+    let urgent = store
+        .create_rule(block(None, true), false, &registrar())
+        .await
+        .unwrap()
+        .rule_id
+        .unwrap();
+    assert!(matches!(
+        store.confirm(plain, confirm(UNIT), &registrar()).await,
+        Err(StoreError::NotPending)
+    ));
+    assert!(matches!(
+        store.confirm(urgent, confirm(OTHER_UNIT), &registrar()).await,
+        Err(StoreError::WrongUnit)
+    ));
+    let rules = store.rules_of(pid(KID)).await.unwrap();
+    assert!(
+        rules
+            .iter()
+            .find(|r| r.rule.id == urgent)
+            .unwrap()
+            .confirmation_pending()
+    );
+    store.confirm(urgent, confirm(UNIT), &registrar()).await.unwrap();
+    let rules = store.rules_of(pid(KID)).await.unwrap();
+    let r = rules.iter().find(|r| r.rule.id == urgent).unwrap();
+    assert!(!r.confirmation_pending());
+    assert_eq!(r.confirmation.as_ref().unwrap()["form_reference"], "Blankett 7");
+    assert!(matches!(
+        store.confirm(urgent, confirm(UNIT), &registrar()).await,
+        Err(StoreError::NotPending)
+    ));
+}
+
+pub async fn an_import_is_all_or_nothing(store: Store) {
+    import(&store, vec![family()], true).await.unwrap();
+    let changed = PersonRecord {
+        protected: true,
+        guardians: vec![pid(MOTHER)],
+        ..family()[0].clone()
+    };
+    // Abandoned after a batch: nothing of it stays.
+    let e = import(&store, vec![vec![changed.clone()]], false).await;
+    assert!(matches!(e, Err(StoreError::Aborted)), "{e:?}");
+    assert_eq!(store.revision().await.unwrap(), 1);
+    assert_eq!(store.person(pid(KID)).await.unwrap().unwrap().record, family()[0]);
+    // The same records again change nothing; a later line for the same
+    // person wins.
+    let again = import(&store, vec![family()], true).await.unwrap();
+    assert_eq!((again.upserted, again.changed), (1, 0));
+    let twice = import(&store, vec![vec![family()[0].clone()], vec![changed.clone()]], true)
+        .await
+        .unwrap();
+    assert_eq!(twice.upserted, 2);
+    let stored = store.person(pid(KID)).await.unwrap().unwrap();
+    assert_eq!(stored.record, changed);
+    assert_eq!(stored.revision, twice.revision);
+    let audit = store.audit_of(pid(KID)).await.unwrap();
+    assert_eq!(audit.len(), 2, "two imports changed the record, one did not: {audit:?}");
+    assert_eq!(audit[1].detail["protected"], true);
+}
+
+pub async fn the_revision_and_everything_survive_reopening(open: impl AsyncFn() -> Store) {
+    let store = open().await;
+    import(&store, vec![family()], true).await.unwrap();
+    store
+        .create_rule(block(None, false), false, &registrar())
+        .await
+        .unwrap();
+    let id = store.id().to_owned();
+    drop(store);
+    let store = open().await;
+    assert_eq!(store.id(), id, "the store id is stable");
+    assert_eq!(store.revision().await.unwrap(), 2);
+    let next = store
+        .create_rule(block(None, false), false, &registrar())
+        .await
+        .unwrap();
+    assert_eq!(next.revision, 3);
+    assert_eq!(store.rules_of(pid(KID)).await.unwrap().len(), 2);
+}
