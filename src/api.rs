@@ -24,8 +24,8 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// Most checks in one batch.
 pub const MAX_BATCH: usize = 1000;
 
-/// Every error code of SPEC §4 this listener produces, for metrics.
-pub const ERROR_CODES: [&str; 10] = [
+/// Every error code of SPEC §4 the listeners produce, for metrics.
+pub const ERROR_CODES: [&str; 16] = [
     "invalid_json",
     "invalid_identifier",
     "unsupported_identifier",
@@ -36,6 +36,12 @@ pub const ERROR_CODES: [&str; 10] = [
     "not_ready",
     "not_found",
     "method_not_allowed",
+    "unauthorized",
+    "forbidden",
+    "wrong_unit",
+    "already_lifted",
+    "already_confirmed",
+    "internal",
 ];
 
 /// An error answer: status, code, message and the field it is about.
@@ -48,11 +54,17 @@ pub struct ApiError {
     /// What is wrong, naming the field; never the input.
     pub message: Cow<'static, str>,
     /// The request field, if the error is about one.
-    pub field: Option<&'static str>,
+    pub field: Option<Cow<'static, str>>,
+    /// For a population import: the line (from 1) that is wrong.
+    pub line: Option<u64>,
+    /// The request wants a revision this instance has not published yet:
+    /// worth waiting a little for before answering with this error.
+    pub wait_for: Option<u64>,
 }
 
 impl ApiError {
-    fn new(
+    /// An error with a status, a code and a message.
+    pub fn new(
         status: u16,
         code: &'static str,
         message: impl Into<Cow<'static, str>>,
@@ -62,7 +74,35 @@ impl ApiError {
             status,
             code,
             message: message.into(),
-            field,
+            field: field.map(Cow::Borrowed),
+            line: None,
+            wait_for: None,
+        }
+    }
+
+    /// The same error about a field whose name is made at run time (`guardians[1]`).
+    pub fn with_field(mut self, field: String) -> Self {
+        self.field = Some(Cow::Owned(field));
+        self
+    }
+
+    /// The same error, located on a line of a population import.
+    pub fn on_line(mut self, line: u64) -> Self {
+        self.message = Cow::Owned(format!("line {line}: {}", self.message));
+        self.line = Some(line);
+        self
+    }
+
+    /// The request asks for `revision`, which this instance has not reached.
+    pub fn behind(revision: u64) -> Self {
+        ApiError {
+            wait_for: Some(revision),
+            ..ApiError::new(
+                503,
+                "not_ready",
+                "this instance has not reached the requested `min_revision` yet; try again",
+                Some("min_revision"),
+            )
         }
     }
 
@@ -135,7 +175,8 @@ impl ApiError {
         ErrorView {
             code: self.code,
             message: &self.message,
-            field: self.field,
+            field: self.field.as_deref(),
+            line: self.line,
         }
     }
 }
@@ -146,6 +187,8 @@ struct ErrorView<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<u64>,
 }
 
 /// A check body as sent. Every field is kept raw so that a field of the
@@ -161,12 +204,16 @@ struct CheckBody<'a> {
     service: Option<&'a RawValue>,
     #[serde(borrow, default)]
     at: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    min_revision: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Deserialize)]
 struct BatchBody<'a> {
     #[serde(borrow, default)]
     checks: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default)]
+    min_revision: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +224,8 @@ struct ChildrenRequest<'a> {
     service: Option<&'a RawValue>,
     #[serde(borrow, default)]
     at: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    min_revision: Option<&'a RawValue>,
 }
 
 /// A string that borrows from the body unless it had escapes.
@@ -208,6 +257,25 @@ fn string<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<Option<C
         Some(raw) => serde_json::from_str::<Str<'a>>(raw.get())
             .map(|s| Some(s.0))
             .map_err(|_| ApiError::invalid_request(field, "must be a string")),
+    }
+}
+
+/// `min_revision`: a non-negative integer, or absent / `null`.
+fn revision(raw: Option<&RawValue>) -> Result<Option<u64>, ApiError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(None),
+        Some(raw) => serde_json::from_str::<u64>(raw.get())
+            .map(Some)
+            .map_err(|_| ApiError::invalid_request("min_revision", "must be a non-negative integer")),
+    }
+}
+
+/// Refuses to answer from `snap` when the request asked for a later revision.
+fn at_least(snap: &Snapshot, min_revision: Option<u64>) -> Result<(), ApiError> {
+    match min_revision {
+        Some(min) if min > snap.revision() => Err(ApiError::behind(min)),
+        _ => Ok(()),
     }
 }
 
@@ -264,25 +332,50 @@ struct WellFormedCheck<'a> {
     service: Cow<'a, str>,
     #[serde(borrow, default)]
     at: Option<Cow<'a, str>>,
+    #[serde(default)]
+    min_revision: Option<u64>,
 }
 
 /// Reads a `/v1/check` body (or one check of a batch) into a query.
 pub fn parse_check(body: &[u8], tz: &TimeZone, now: Instant) -> Result<Query, ApiError> {
+    parse_check_min(body, tz, now).map(|(q, _)| q)
+}
+
+/// [`parse_check`] that also returns the body's `min_revision`, if any:
+/// the revision the caller needs the answer to reflect (read-your-writes).
+pub fn parse_check_min(body: &[u8], tz: &TimeZone, now: Instant) -> Result<(Query, Option<u64>), ApiError> {
     if body.trim_ascii_start().first() == Some(&b'{')
         && let Ok(c) = serde_json::from_slice::<WellFormedCheck>(body)
     {
-        return query(&c.actor, &c.subject, &c.service, c.at.as_deref(), tz, now);
+        return Ok((
+            query(&c.actor, &c.subject, &c.service, c.at.as_deref(), tz, now)?,
+            c.min_revision,
+        ));
     }
     let c: CheckBody = object(body)?;
     let at = string(c.at, "at")?;
-    query(
+    let min_revision = revision(c.min_revision)?;
+    let q = query(
         &required(c.actor, "actor")?,
         &required(c.subject, "subject")?,
         &required(c.service, "service")?,
         at.as_deref(),
         tz,
         now,
-    )
+    )?;
+    Ok((q, min_revision))
+}
+
+/// Answers a `/v1/check` body from `snap`, unless it asks for a later revision.
+pub fn check<'s>(
+    snap: &'s Snapshot,
+    body: &[u8],
+    now: Instant,
+) -> Result<(Query, decide::Decision<'s>, Vec<u8>), ApiError> {
+    let (q, min_revision) = parse_check_min(body, snap.tz(), now)?;
+    at_least(snap, min_revision)?;
+    let (d, out) = check_answer(snap, &q);
+    Ok((q, d, out))
 }
 
 /// The answer to one check, as JSON.
@@ -317,6 +410,7 @@ pub struct Batch<'s> {
 /// Answers a `/v1/check/batch` body: every check against the same snapshot.
 pub fn batch<'s>(snap: &'s Snapshot, body: &[u8], now: Instant) -> Result<Batch<'s>, ApiError> {
     let req: BatchBody = object(body)?;
+    at_least(snap, revision(req.min_revision)?)?;
     let checks = req
         .checks
         .ok_or_else(|| ApiError::invalid_request("checks", "is required"))?;
@@ -361,11 +455,22 @@ pub fn batch<'s>(snap: &'s Snapshot, body: &[u8], now: Instant) -> Result<Batch<
 /// Answers a `/v1/children` body: the guardian's switch list.
 pub fn children(snap: &Snapshot, body: &[u8], now: Instant) -> Result<Vec<u8>, ApiError> {
     let req: ChildrenRequest = object(body)?;
+    at_least(snap, revision(req.min_revision)?)?;
     let tz = snap.tz();
     let at = instant(string(req.at, "at")?.as_deref(), tz, now)?;
     let guardian = identity(&required(req.guardian, "guardian")?, "guardian", at, tz)?;
     let service = service(&required(req.service, "service")?)?;
     Ok(serde_json::to_vec(&ChildrenBody::new(snap, guardian, service, at)).unwrap_or_default())
+}
+
+/// The `x-min-revision` header of `/v1/authz`, if sent.
+pub fn authz_min_revision(snap: &Snapshot, value: Option<&[u8]>) -> Result<(), ApiError> {
+    let Some(v) = value else { return Ok(()) };
+    let min = std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .ok_or_else(|| ApiError::invalid_request("min_revision", "header must be a non-negative integer"))?;
+    at_least(snap, Some(min))
 }
 
 /// Reads an `/v1/authz` question from three header values.
@@ -478,7 +583,7 @@ mod tests {
         ];
         for (body, code, field) in cases {
             let e = err(body);
-            assert_eq!((e.code, e.field), (code, field), "{body}");
+            assert_eq!((e.code, e.field.as_deref()), (code, field), "{body}");
             assert_eq!(e.status, 400);
             let text = String::from_utf8(e.body()).unwrap();
             assert!(!text.contains("0101238"), "{text}");
@@ -534,7 +639,7 @@ mod tests {
         let one = r#"{"actor": "197701012382", "subject": "201509162390", "service": "journal"}"#;
         let body = format!(r#"{{"checks": [{}]}}"#, vec![one; MAX_BATCH + 1].join(","));
         let e = batch(&snap, body.as_bytes(), now()).unwrap_err();
-        assert_eq!((e.code, e.field), ("invalid_request", Some("checks")));
+        assert_eq!((e.code, e.field.as_deref()), ("invalid_request", Some("checks")));
         let body = format!(r#"{{"checks": [{}]}}"#, vec![one; MAX_BATCH].join(","));
         assert_eq!(batch(&snap, body.as_bytes(), now()).unwrap().outcomes.len(), MAX_BATCH);
     }
@@ -579,8 +684,8 @@ mod tests {
         .unwrap();
         assert_eq!(q.subject.to_string(), "201509162390");
         let e = authz_query(Some(b"197701012382"), None, Some(b"journal"), &tz(), now()).unwrap_err();
-        assert_eq!((e.code, e.field), ("invalid_request", Some("subject")));
+        assert_eq!((e.code, e.field.as_deref()), ("invalid_request", Some("subject")));
         let e = authz_query(Some(b"x"), Some(b"201509162390"), Some(b"journal"), &tz(), now()).unwrap_err();
-        assert_eq!((e.code, e.field), ("invalid_identifier", Some("actor")));
+        assert_eq!((e.code, e.field.as_deref()), ("invalid_identifier", Some("actor")));
     }
 }

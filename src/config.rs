@@ -81,6 +81,24 @@ pub struct ServerFile {
     pub log_format: Option<String>,
     /// Header names for `/v1/authz`.
     pub authz_headers: Option<AuthzHeadersFile>,
+    /// Where the admin listener binds.
+    pub admin_addr: Option<String>,
+    /// The embedded store and snapshot files.
+    pub data_dir: Option<String>,
+    /// The admin tokens file.
+    pub admin_tokens: Option<String>,
+    /// `postgres://…` for fleet mode.
+    pub store: Option<String>,
+    /// Peers' admin listeners to fetch a snapshot file from at start-up.
+    pub peers: Option<Vec<String>>,
+    /// Milliseconds without contact with PostgreSQL before checks answer 503.
+    pub max_staleness_ms: Option<u64>,
+    /// Milliseconds a check with a newer `min_revision` waits.
+    pub min_revision_wait_ms: Option<u64>,
+    /// Milliseconds between reads of the change log when nothing wakes the node.
+    pub poll_ms: Option<u64>,
+    /// Overlay entries that start a background fold.
+    pub fold_at: Option<usize>,
 }
 
 /// `[server.authz_headers]`.

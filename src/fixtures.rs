@@ -16,7 +16,7 @@ use crate::config::{ConfigError, RegionSettings};
 use crate::decide::Query;
 use crate::identity::{IdentityError, Pid};
 use crate::model::{HsaId, Rule, RuleId, RuleKind, Service, Services, Settings};
-use crate::snapshot::{BuildError, PeopleBuilder, Rules, Snapshot};
+use crate::snapshot::{BuildError, PeopleBuilder, PersonRecord, Rules, Snapshot};
 use crate::time::{self, InstantError};
 
 /// One scenario file.
@@ -168,11 +168,29 @@ impl Scenario {
     /// of its own, at revision 1.
     pub fn snapshot_with(&self, settings: Settings) -> Result<Snapshot, FixtureError> {
         let tz = time::stockholm().map_err(BuildError::from)?;
+        let (persons, rules) = self.records()?;
         let mut people = PeopleBuilder::new();
+        for p in &persons {
+            people.record(p);
+        }
+        let people = people.build(&settings, &tz)?;
+        Ok(Snapshot::new(
+            1,
+            Arc::new(settings),
+            Arc::new(people),
+            Arc::new(Rules::new(rules)),
+        )?)
+    }
+
+    /// The scenario's population records and rules as domain values (rules
+    /// numbered from 1 in file order), every field validated.
+    pub fn records(&self) -> Result<(Vec<PersonRecord>, Vec<Rule>), FixtureError> {
+        let tz = time::stockholm().map_err(BuildError::from)?;
+        let mut persons = Vec::with_capacity(self.people.len());
         for (i, p) in self.people.iter().enumerate() {
             let at = |f: &str| format!("people[{i}].{f}");
             let id = pid(&p.id, &at("id"))?;
-            let birth = match &p.birth_date {
+            let birth_date = match &p.birth_date {
                 Some(d) => Some(
                     d.parse::<Date>()
                         .map_err(|_| FixtureError::Instant(at("birth_date"), InstantError::Format))?,
@@ -185,7 +203,12 @@ impl Scenario {
                 .enumerate()
                 .map(|(j, g)| pid(g, &at(&format!("guardians[{j}]"))))
                 .collect::<Result<Vec<_>, _>>()?;
-            people.person(id, birth, p.protected, &guardians);
+            persons.push(PersonRecord {
+                id,
+                birth_date,
+                protected: p.protected,
+                guardians,
+            });
         }
         let rules = self
             .rules
@@ -193,13 +216,7 @@ impl Scenario {
             .enumerate()
             .map(|(i, r)| r.to_rule(RuleId(i as u64 + 1), &format!("rules[{i}]"), &tz))
             .collect::<Result<Vec<_>, _>>()?;
-        let people = people.build(&settings, &tz)?;
-        Ok(Snapshot::new(
-            1,
-            Arc::new(settings),
-            Arc::new(people),
-            Arc::new(Rules::new(rules)),
-        )?)
+        Ok((persons, rules))
     }
 }
 

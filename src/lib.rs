@@ -5,7 +5,9 @@
 //! answer comes from [`decide::decide`] over an immutable
 //! [`snapshot::Snapshot`]. See `ARCHITECTURE.md` for the map.
 
+pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod decide;
 mod filter;
@@ -13,8 +15,12 @@ pub mod fixtures;
 pub mod identity;
 pub mod metrics;
 pub mod model;
+pub mod ndjson;
+pub mod node;
+pub mod peer;
 pub mod people;
 pub mod server;
+pub mod service;
 pub mod snapfile;
 pub mod snapshot;
 pub mod store;

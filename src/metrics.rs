@@ -26,16 +26,19 @@ pub enum Endpoint {
     Operations,
     /// Anything else.
     Other,
+    /// The admin listener, every route.
+    Admin,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 6] = [
+    const ALL: [Endpoint; 7] = [
         Endpoint::Check,
         Endpoint::Batch,
         Endpoint::Children,
         Endpoint::Authz,
         Endpoint::Operations,
         Endpoint::Other,
+        Endpoint::Admin,
     ];
 
     fn as_str(self) -> &'static str {
@@ -46,6 +49,7 @@ impl Endpoint {
             Endpoint::Authz => "authz",
             Endpoint::Operations => "operations",
             Endpoint::Other => "other",
+            Endpoint::Admin => "admin",
         }
     }
 }
@@ -83,15 +87,31 @@ impl Default for Metrics {
     }
 }
 
-/// Facts about the loaded snapshot, read when metrics are scraped.
-#[derive(Debug, Clone, Copy)]
+/// Facts about the loaded snapshot and the store, read when metrics are scraped.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct SnapshotGauges {
-    /// Whether a snapshot is loaded.
+    /// Whether checks are answered (a snapshot is loaded and not stale).
     pub ready: bool,
-    /// Its revision.
+    /// Past `max_staleness` without contact with the store.
+    pub stale: bool,
+    /// The snapshot's revision.
     pub revision: u64,
     /// Seconds since it was loaded.
     pub age_seconds: f64,
+    /// Entries in its overlays (changed since the last fold).
+    pub overlay: u64,
+    /// The newest revision seen in the store.
+    pub store_revision: u64,
+    /// Seconds since the store last answered.
+    pub contact_age_seconds: Option<f64>,
+    /// Failed reads of the store.
+    pub store_errors: u64,
+    /// Background folds.
+    pub folds: u64,
+    /// Snapshot files written.
+    pub checkpoints: u64,
+    /// Full builds from the store.
+    pub rebuilds: u64,
 }
 
 impl Metrics {
@@ -241,6 +261,66 @@ impl Metrics {
             "Seconds since that snapshot was loaded.",
         )?;
         writeln!(out, "guardian_access_snapshot_age_seconds {:.3}", snap.age_seconds)?;
+        let gauges: [(&str, &str, &str, f64); 9] = [
+            (
+                "guardian_access_stale",
+                "gauge",
+                "1 when the store has not answered for longer than max_staleness.",
+                f64::from(u8::from(snap.stale)),
+            ),
+            (
+                "guardian_access_overlay_entries",
+                "gauge",
+                "Entries changed since the last fold (persons and subjects with changed rules).",
+                snap.overlay as f64,
+            ),
+            (
+                "guardian_access_store_revision",
+                "gauge",
+                "Newest revision seen in the store.",
+                snap.store_revision as f64,
+            ),
+            (
+                "guardian_access_replication_lag_revisions",
+                "gauge",
+                "Store revisions not yet in the snapshot.",
+                snap.store_revision.saturating_sub(snap.revision) as f64,
+            ),
+            (
+                "guardian_access_store_contact_age_seconds",
+                "gauge",
+                "Seconds since the store last answered (-1 before it ever did).",
+                snap.contact_age_seconds.unwrap_or(-1.0),
+            ),
+            (
+                "guardian_access_store_errors_total",
+                "counter",
+                "Failed reads of the store.",
+                snap.store_errors as f64,
+            ),
+            (
+                "guardian_access_folds_total",
+                "counter",
+                "Background folds of the overlay into new bases.",
+                snap.folds as f64,
+            ),
+            (
+                "guardian_access_checkpoints_total",
+                "counter",
+                "Snapshot files written.",
+                snap.checkpoints as f64,
+            ),
+            (
+                "guardian_access_rebuilds_total",
+                "counter",
+                "Full builds of the snapshot from the store.",
+                snap.rebuilds as f64,
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            family(out, name, kind, help)?;
+            writeln!(out, "{name} {value}")?;
+        }
         family(
             out,
             "guardian_access_connections_open",
@@ -296,6 +376,8 @@ mod tests {
             ready: true,
             revision: 42,
             age_seconds: 1.5,
+            store_revision: 45,
+            ..SnapshotGauges::default()
         });
         assert!(text.contains("guardian_access_requests_total{endpoint=\"check\"} 2"));
         assert!(
@@ -317,6 +399,7 @@ mod tests {
         assert!(text.starts_with("# HELP guardian_access_requests_total Requests answered, by endpoint.\n# TYPE guardian_access_requests_total counter\n"));
         let families = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         assert_eq!(families, text.lines().filter(|l| l.starts_with("# HELP")).count());
-        assert_eq!(families, 9);
+        assert!(text.contains("guardian_access_replication_lag_revisions 3\n"));
+        assert_eq!(families, 18);
     }
 }

@@ -11,7 +11,9 @@ use std::convert::Infallible;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -23,7 +25,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::api::{self, ApiError, MAX_BODY};
@@ -75,6 +77,9 @@ pub struct ListenerConfig {
     pub shutdown_grace: Duration,
     /// Header names for `/v1/authz`.
     pub authz: AuthzHeaders,
+    /// How long a check carrying a `min_revision` this instance has not
+    /// reached waits for it before answering `503`.
+    pub min_revision_wait: Duration,
 }
 
 impl Default for ListenerConfig {
@@ -85,6 +90,7 @@ impl Default for ListenerConfig {
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             authz: AuthzHeaders::default(),
+            min_revision_wait: Duration::from_millis(500),
         }
     }
 }
@@ -93,11 +99,55 @@ impl Default for ListenerConfig {
 #[derive(Debug)]
 pub struct State {
     published: ArcSwapOption<Published>,
+    /// The revision checks answer from, for those who wait for one.
+    revision: watch::Sender<u64>,
+    /// Asks the node to catch up now (a check wants a newer revision).
+    kick: Notify,
+    /// No contact with the store for longer than allowed: answer 503.
+    stale: AtomicBool,
+    /// What the node reports about following the store.
+    pub sync: SyncStatus,
     /// The counters behind `/metrics`.
     pub metrics: Metrics,
     config: ListenerConfig,
     source: String,
     log_key: RandomState,
+}
+
+/// What the node reports about following the store, for `/v1/status` and
+/// `/metrics`. Not on the check path.
+#[derive(Debug, Default)]
+pub struct SyncStatus {
+    head: AtomicU64,
+    contact: Mutex<Option<std::time::Instant>>,
+    /// Failed reads of the store.
+    pub errors: AtomicU64,
+    /// Background folds done.
+    pub folds: AtomicU64,
+    /// Snapshot files written.
+    pub checkpoints: AtomicU64,
+    /// Full builds from the store.
+    pub rebuilds: AtomicU64,
+}
+
+impl SyncStatus {
+    /// The store answered and is at `head`.
+    pub fn contact(&self, head: u64) {
+        self.head.fetch_max(head, Relaxed);
+        if let Ok(mut c) = self.contact.lock() {
+            *c = Some(std::time::Instant::now());
+        }
+    }
+
+    /// Time since the store last answered; `None` before it ever did.
+    pub fn contact_age(&self) -> Option<Duration> {
+        self.contact.lock().ok().and_then(|c| c.map(|t| t.elapsed()))
+    }
+
+    /// The newest store revision seen.
+    pub fn head(&self) -> u64 {
+        self.head.load(Relaxed)
+    }
 }
 
 /// A keyed hash of an identity number, for correlating log lines without
@@ -117,6 +167,10 @@ impl State {
     pub fn new(config: ListenerConfig, source: impl Into<String>) -> State {
         State {
             published: ArcSwapOption::empty(),
+            revision: watch::channel(0).0,
+            kick: Notify::new(),
+            stale: AtomicBool::new(false),
+            sync: SyncStatus::default(),
             metrics: Metrics::default(),
             config,
             source: source.into(),
@@ -131,7 +185,51 @@ impl State {
             snapshot,
             loaded_at: jiff::Timestamp::now(),
         })));
-        info!(revision, "snapshot published");
+        self.revision.send_replace(revision);
+        debug!(revision, "snapshot published");
+    }
+
+    /// The published snapshot, if checks are being answered.
+    pub fn current(&self) -> Option<Arc<Published>> {
+        if self.stale.load(Relaxed) {
+            return None;
+        }
+        self.published.load_full()
+    }
+
+    /// The revision checks answer from (0 before anything is published).
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+
+    /// Waits until a snapshot at `revision` or later is published, at most
+    /// `timeout`. Asks the node to look for it first.
+    pub async fn wait_for_revision(&self, revision: u64, timeout: Duration) -> bool {
+        let mut rx = self.revision.subscribe();
+        if *rx.borrow() >= revision {
+            return true;
+        }
+        self.kick.notify_one();
+        matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Resolves when a check asked for a newer revision (for the node).
+    pub async fn kicked(&self) {
+        self.kick.notified().await;
+    }
+
+    /// Marks the instance stale (answering 503) or fresh; `true` if that
+    /// changed.
+    pub fn set_stale(&self, stale: bool) -> bool {
+        self.stale.swap(stale, Relaxed) != stale
+    }
+
+    /// Whether the instance is past its allowed staleness.
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Relaxed)
     }
 
     /// The tag logs use for `pid`.
@@ -140,17 +238,19 @@ impl State {
     }
 
     fn gauges(&self, p: Option<&Published>) -> SnapshotGauges {
-        match p {
-            None => SnapshotGauges {
-                ready: false,
-                revision: 0,
-                age_seconds: 0.0,
-            },
-            Some(p) => SnapshotGauges {
-                ready: true,
-                revision: p.snapshot.revision(),
-                age_seconds: age(p).as_secs_f64(),
-            },
+        let sync = &self.sync;
+        SnapshotGauges {
+            ready: p.is_some() && !self.is_stale(),
+            stale: self.is_stale(),
+            revision: p.map_or(0, |p| p.snapshot.revision()),
+            age_seconds: p.map_or(0.0, |p| age(p).as_secs_f64()),
+            overlay: p.map_or(0, |p| p.snapshot.overlay_len() as u64),
+            store_revision: sync.head(),
+            contact_age_seconds: sync.contact_age().map(|d| d.as_secs_f64()),
+            store_errors: sync.errors.load(Relaxed),
+            folds: sync.folds.load(Relaxed),
+            checkpoints: sync.checkpoints.load(Relaxed),
+            rebuilds: sync.rebuilds.load(Relaxed),
         }
     }
 }
@@ -166,9 +266,11 @@ fn now() -> Instant {
     Instant::from_timestamp(jiff::Timestamp::now()).unwrap_or(Instant::MAX)
 }
 
-type Answer = Response<Full<Bytes>>;
+/// A whole answer.
+pub type Answer = Response<Full<Bytes>>;
 
-fn respond(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Answer {
+/// An answer with a status, a content type and a body.
+pub fn respond(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Answer {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut()
@@ -184,7 +286,12 @@ fn json(body: Vec<u8>) -> Answer {
 /// at debug only: they are the client's business, not an operator's.
 fn error(state: &State, endpoint: Endpoint, e: &ApiError) -> Answer {
     state.metrics.error(endpoint, e.code);
-    debug!(code = e.code, field = e.field, status = e.status, "error answer");
+    debug!(
+        code = e.code,
+        field = e.field.as_deref(),
+        status = e.status,
+        "error answer"
+    );
     let mut r = respond(e.status, "application/json", e.body());
     if e.status == 405 {
         let allow = if endpoint == Endpoint::Authz || endpoint == Endpoint::Operations {
@@ -199,7 +306,7 @@ fn error(state: &State, endpoint: Endpoint, e: &ApiError) -> Answer {
 
 /// Reads the whole body, refusing more than [`MAX_BODY`]. The usual body
 /// arrives as one frame and is returned as is, without copying.
-async fn read_body<B>(body: B, declared: Option<u64>) -> Result<Bytes, ApiError>
+pub(crate) async fn read_body<B>(body: B, declared: Option<u64>) -> Result<Bytes, ApiError>
 where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -274,11 +381,32 @@ where
     }
     let answer = match endpoint {
         Endpoint::Operations => operations(state, req.uri().path()),
-        Endpoint::Authz => authz(state, &req),
+        Endpoint::Authz => {
+            let answer = authz(state, &req);
+            match answer {
+                Err(e) => match e.wait_for {
+                    Some(r) if state.wait_for_revision(r, state.config.min_revision_wait).await => authz(state, &req),
+                    _ => Err(e),
+                },
+                ok => ok,
+            }
+            .unwrap_or_else(|e| error(state, endpoint, &e))
+        }
         _ => {
             let declared = req.body().size_hint().upper();
             match read_body(req.into_body(), declared).await {
-                Ok(body) => decision(state, endpoint, &body),
+                Ok(body) => match decision(state, endpoint, &body) {
+                    Err(e) => match e.wait_for {
+                        // Read-your-writes: this instance is behind the
+                        // revision the caller saw; wait a little for it.
+                        Some(r) if state.wait_for_revision(r, state.config.min_revision_wait).await => {
+                            decision(state, endpoint, &body)
+                        }
+                        _ => Err(e),
+                    },
+                    ok => ok,
+                }
+                .unwrap_or_else(|e| error(state, endpoint, &e)),
                 Err(e) => error(state, endpoint, &e),
             }
         }
@@ -287,15 +415,18 @@ where
 }
 
 /// `/v1/check`, `/v1/check/batch`, `/v1/children`: one snapshot load each.
-fn decision(state: &State, endpoint: Endpoint, body: &[u8]) -> Answer {
+fn decision(state: &State, endpoint: Endpoint, body: &[u8]) -> Result<Answer, ApiError> {
+    if state.stale.load(Relaxed) {
+        return Err(ApiError::not_ready());
+    }
     let published = state.published.load();
     let Some(p) = published.as_deref() else {
-        return error(state, endpoint, &ApiError::not_ready());
+        return Err(ApiError::not_ready());
     };
     let snap = &p.snapshot;
-    let result = match endpoint {
-        Endpoint::Check => api::parse_check(body, snap.tz(), now()).map(|q| {
-            let (d, out) = api::check_answer(snap, &q);
+    let out = match endpoint {
+        Endpoint::Check => {
+            let (q, d, out) = api::check(snap, body, now())?;
             state.metrics.decision(endpoint, d.reason);
             debug!(
                 actor = %state.tag(q.actor),
@@ -306,8 +437,9 @@ fn decision(state: &State, endpoint: Endpoint, body: &[u8]) -> Answer {
                 "check"
             );
             out
-        }),
-        Endpoint::Batch => api::batch(snap, body, now()).map(|b| {
+        }
+        Endpoint::Batch => {
+            let b = api::batch(snap, body, now())?;
             for o in &b.outcomes {
                 match o {
                     Ok(d) => state.metrics.decision(endpoint, d.reason),
@@ -316,28 +448,30 @@ fn decision(state: &State, endpoint: Endpoint, body: &[u8]) -> Answer {
             }
             debug!(checks = b.outcomes.len(), revision = snap.revision(), "batch");
             b.body
-        }),
-        _ => api::children(snap, body, now()).inspect(|_| debug!(revision = snap.revision(), "children")),
+        }
+        _ => {
+            let out = api::children(snap, body, now())?;
+            debug!(revision = snap.revision(), "children");
+            out
+        }
     };
-    match result {
-        Ok(out) => json(out),
-        Err(e) => error(state, endpoint, &e),
-    }
+    Ok(json(out))
 }
 
 /// `GET /v1/authz`: for nginx `auth_request` and Envoy `ext_authz`.
-fn authz<B>(state: &State, req: &Request<B>) -> Answer {
+fn authz<B>(state: &State, req: &Request<B>) -> Result<Answer, ApiError> {
+    if state.stale.load(Relaxed) {
+        return Err(ApiError::not_ready());
+    }
     let published = state.published.load();
     let Some(p) = published.as_deref() else {
-        return error(state, Endpoint::Authz, &ApiError::not_ready());
+        return Err(ApiError::not_ready());
     };
     let snap = &p.snapshot;
     let h = &state.config.authz;
     let get = |name: &HeaderName| req.headers().get(name).map(HeaderValue::as_bytes);
-    let q = match api::authz_query(get(&h.actor), get(&h.subject), get(&h.service), snap.tz(), now()) {
-        Ok(q) => q,
-        Err(e) => return error(state, Endpoint::Authz, &e),
-    };
+    api::authz_min_revision(snap, req.headers().get("x-min-revision").map(HeaderValue::as_bytes))?;
+    let q = api::authz_query(get(&h.actor), get(&h.subject), get(&h.service), snap.tz(), now())?;
     let d = crate::decide::decide(snap, &q);
     state.metrics.decision(Endpoint::Authz, d.reason);
     debug!(
@@ -350,37 +484,51 @@ fn authz<B>(state: &State, req: &Request<B>) -> Answer {
     let headers = r.headers_mut();
     headers.insert("x-access-reason", HeaderValue::from_static(d.reason.as_str()));
     headers.insert("x-access-revision", HeaderValue::from(d.revision));
-    r
+    Ok(r)
 }
 
 fn operations(state: &State, path: &str) -> Answer {
     let published = state.published.load();
     let p = published.as_deref();
+    let ready = p.is_some() && !state.is_stale();
     match path {
         "/healthz" => respond(200, "text/plain", "ok\n"),
         "/readyz" => match p {
-            Some(p) => json(
+            Some(p) if ready => json(
                 serde_json::to_vec(&serde_json::json!({"ready": true, "revision": p.snapshot.revision()}))
                     .unwrap_or_default(),
             ),
-            None => error(state, Endpoint::Operations, &ApiError::not_ready()),
+            _ => error(state, Endpoint::Operations, &ApiError::not_ready()),
         },
         "/metrics" => respond(200, "text/plain; version=0.0.4", state.metrics.render(state.gauges(p))),
         _ => {
+            let sync = &state.sync;
+            let store = serde_json::json!({
+                "revision": sync.head(),
+                "behind": sync.head().saturating_sub(p.map_or(0, |p| p.snapshot.revision())),
+                "lag_seconds": sync.contact_age().map(|d| d.as_secs_f64()),
+                "stale": state.is_stale(),
+                "errors": sync.errors.load(Relaxed),
+                "folds": sync.folds.load(Relaxed),
+                "checkpoints": sync.checkpoints.load(Relaxed),
+                "rebuilds": sync.rebuilds.load(Relaxed),
+            });
             let body = match p {
-                None => serde_json::json!({"ready": false, "revision": null, "source": state.source}),
+                None => serde_json::json!({"ready": false, "revision": null, "source": state.source, "store": store}),
                 Some(p) => {
                     let s = &p.snapshot;
                     serde_json::json!({
-                        "ready": true,
+                        "ready": ready,
                         "revision": s.revision(),
                         "loaded_at": p.loaded_at.to_string(),
                         "age_seconds": age(p).as_secs_f64(),
                         "persons": s.people().len(),
                         "links": s.people().links(),
                         "rules": s.rules().len(),
+                        "overlay": s.overlay_len(),
                         "source": state.source,
-                        "lag_seconds": null,
+                        "lag_seconds": sync.contact_age().map(|d| d.as_secs_f64()),
+                        "store": store,
                     })
                 }
             };
@@ -392,11 +540,38 @@ fn operations(state: &State, path: &str) -> Answer {
 /// Serves checks on `listener` until `shutdown` resolves, then lets
 /// in-flight requests finish (up to the configured grace) and returns.
 pub async fn run(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-    let permits = Arc::new(Semaphore::new(state.config.max_connections));
+    let config = state.config.clone();
+    let svc = state.clone();
+    serve(listener, &config, state, shutdown, move |req| {
+        let state = svc.clone();
+        async move { handle(&state, req).await }
+    })
+    .await
+}
+
+/// The accept loop both listeners share: at most `max_connections`
+/// connections (more are closed at once and counted), a request head within
+/// `header_read_timeout`, idle connections closed, and on `shutdown` no new
+/// connections while in-flight requests finish. Connections of both
+/// listeners are counted in `state`'s metrics.
+pub async fn serve<H, F, B>(
+    listener: TcpListener,
+    config: &ListenerConfig,
+    state: Arc<State>,
+    shutdown: impl Future<Output = ()>,
+    handler: H,
+) -> std::io::Result<()>
+where
+    H: Fn(Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let permits = Arc::new(Semaphore::new(config.max_connections));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(state.config.header_read_timeout)
+        .header_read_timeout(config.header_read_timeout)
         .keep_alive(true);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -420,11 +595,11 @@ pub async fn run(listener: TcpListener, state: Arc<State>, shutdown: impl Future
         };
         let _ = stream.set_nodelay(true);
         state.metrics.connection_opened();
-        let io = TokioIo::new(IdleTimeout::new(stream, state.config.idle_timeout));
-        let svc_state = state.clone();
+        let io = TokioIo::new(IdleTimeout::new(stream, config.idle_timeout));
+        let handler = handler.clone();
         let service = hyper::service::service_fn(move |req| {
-            let state = svc_state.clone();
-            async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            let fut = handler(req);
+            async move { Ok::<_, Infallible>(fut.await) }
         });
         let conn = graceful.watch(http.serve_connection(io, service));
         let conn_state = state.clone();
@@ -441,7 +616,7 @@ pub async fn run(listener: TcpListener, state: Arc<State>, shutdown: impl Future
     }
     drop(listener);
     info!("shutting down: finishing in-flight requests");
-    if tokio::time::timeout(state.config.shutdown_grace, graceful.shutdown())
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
         .await
         .is_err()
     {

@@ -13,9 +13,10 @@ fn run(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// `check --actor ACTOR --subject SUBJECT` and any further flags.
+/// `check --scenario fixtures/demo.json --actor ACTOR --subject SUBJECT`
+/// and any further flags.
 fn check(actor: &str, subject: &str, more: &[&str]) -> Output {
-    let mut args = vec!["check", "--actor", actor, "--subject", subject];
+    let mut args = vec!["check", "--scenario", DEMO, "--actor", actor, "--subject", subject];
     args.extend_from_slice(more);
     run(&args)
 }
@@ -26,6 +27,7 @@ fn json(out: &Output) -> serde_json::Value {
 }
 
 const AT: &str = "2026-11-23T10:00:00+01:00";
+const DEMO: &str = "fixtures/demo.json";
 
 #[test]
 fn check_answers_from_the_demo_region() {
@@ -111,7 +113,15 @@ fn a_missing_scenario_is_a_clear_error() {
 
 #[test]
 fn children_lists_the_switch_list_with_each_answer() {
-    let list = json(&run(&["children", "--guardian", "198501012390", "--at", AT]));
+    let list = json(&run(&[
+        "children",
+        "--scenario",
+        DEMO,
+        "--guardian",
+        "198501012390",
+        "--at",
+        AT,
+    ]));
     assert_eq!(list["revision"], 1);
     let list = list["children"].as_array().unwrap();
     let mut got: Vec<(String, String)> = list
@@ -135,7 +145,15 @@ fn children_lists_the_switch_list_with_each_answer() {
 
 #[test]
 fn children_of_someone_with_none_is_an_empty_list() {
-    let list = json(&run(&["children", "--guardian", "201509162390", "--at", AT]));
+    let list = json(&run(&[
+        "children",
+        "--scenario",
+        DEMO,
+        "--guardian",
+        "201509162390",
+        "--at",
+        AT,
+    ]));
     assert_eq!(list, serde_json::json!({"children": [], "revision": 1}));
 }
 
@@ -148,7 +166,14 @@ fn serve_answers_and_stops_on_sigterm() {
     use std::process::Stdio;
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_guardian-access"))
-        .args(["serve", "--demo", "--check-addr", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--demo",
+            "--check-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -163,7 +188,9 @@ fn serve_answers_and_stops_on_sigterm() {
             "serve exited before listening"
         );
         if let Some(rest) = line.split("listening check=").nth(1) {
-            break rest.trim().trim_end_matches(|c: char| !c.is_ascii_digit()).to_owned();
+            let (check, admin) = rest.trim().split_once(" admin=").unwrap();
+            assert!(admin.starts_with("127.0.0.1:"), "{line}");
+            break check.to_owned();
         }
     };
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -220,6 +247,95 @@ fn serve_refuses_a_bad_setting_naming_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("`check_addr`"));
     let out = run(&["serve", "--demo", "--log-format", "xml"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("`log_format`"));
-    let out = run(&["serve"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--demo"));
+    let out = run(&["serve", "--store", "mysql://somewhere"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`store`"));
+    let out = run(&["serve", "--demo", "--admin-tokens", "no/such/tokens.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read `no/such/tokens.json`"));
+}
+
+/// `import-population` into a fresh data directory, then `check` answering
+/// from that store; a bad line applies nothing and names the line.
+#[test]
+fn import_population_then_check_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let good = dir.path().join("good.ndjson");
+    std::fs::write(
+        &good,
+        concat!(
+            r#"{"id": "201509162390", "protected": false, "guardians": ["197701012382", "198001022386"]}"#,
+            "\n",
+            r#"{"id": "201801012392", "protected": true, "guardians": ["197701012382"]}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let out = json(&run(&["import-population", good.to_str().unwrap(), "--data-dir", data]));
+    assert_eq!((out["upserted"].as_u64(), out["revision"].as_u64()), (Some(2), Some(1)));
+
+    let ask = |subject: &str| {
+        json(&run(&[
+            "check",
+            "--data-dir",
+            data,
+            "--actor",
+            "197701012382",
+            "--subject",
+            subject,
+            "--at",
+            AT,
+        ]))
+    };
+    assert_eq!(ask("201509162390")["reason"], "guardian");
+    assert_eq!(ask("201801012392")["reason"], "protected_subject");
+    assert_eq!(ask("201509162390")["revision"], 1);
+
+    let bad = dir.path().join("bad.ndjson");
+    std::fs::write(
+        &bad,
+        concat!(
+            r#"{"id": "201406012383", "protected": false, "guardians": ["197701022381"]}"#,
+            "\n",
+            r#"{"id": "201509162390", "protected": false, "guardians": ["197701012383"]}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let out = run(&["import-population", bad.to_str().unwrap(), "--data-dir", data]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2") && err.contains("`guardians[0]`"), "{err}");
+    assert!(!err.contains("19770101238"), "{err}");
+    // Nothing of it was applied: the first line's child is still unknown.
+    let first = json(&run(&[
+        "check",
+        "--data-dir",
+        data,
+        "--actor",
+        "197701022381",
+        "--subject",
+        "201406012383",
+        "--at",
+        AT,
+    ]));
+    assert_eq!(first["reason"], "not_guardian");
+    assert_eq!(first["revision"], 1);
+
+    let missing = run(&[
+        "check",
+        "--data-dir",
+        "no/such/dir",
+        "--actor",
+        "197701012382",
+        "--subject",
+        "201509162390",
+    ]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no store"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
 }

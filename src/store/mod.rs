@@ -531,8 +531,8 @@ pub fn rule_detail(new: &NewRule) -> Value {
         "kind": r.kind.as_str(),
         "guardian": r.guardian.map(|g| g.to_string()),
         "services": r.services.iter().map(crate::model::Service::as_str).collect::<Vec<_>>(),
-        "valid_from": r.valid_from.as_nanos(),
-        "valid_until": r.valid_until.map(Instant::as_nanos),
+        "valid_from": r.valid_from.to_timestamp().to_string(),
+        "valid_until": r.valid_until.map(|u| u.to_timestamp().to_string()),
         "care_units": r.care_units.as_ref().map(|u| u.iter().map(|h| h.as_str().to_owned()).collect::<Vec<_>>()),
         "issuing_unit": m.issuing_unit.as_str(),
         "decided_by": m.decided_by,
@@ -589,6 +589,15 @@ impl Store {
     pub async fn open_sqlite(dir: &Path) -> Result<Store, StoreError> {
         let dir = dir.to_owned();
         let s = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&dir.join(SQLITE_FILE)))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        Ok(Store::Sqlite(s))
+    }
+
+    /// Opens the embedded store in `dir`, which must exist (for the command line).
+    pub async fn open_sqlite_existing(dir: &Path) -> Result<Store, StoreError> {
+        let dir = dir.to_owned();
+        let s = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open_existing(&dir.join(SQLITE_FILE)))
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))??;
         Ok(Store::Sqlite(s))

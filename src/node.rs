@@ -1,0 +1,532 @@
+//! The node: the one task that turns the store's committed changes into
+//! published snapshots, on one instance.
+//!
+//! - **Bootstrap**: the newest snapshot file it can get (its own checkpoint
+//!   in `--data-dir`, then a peer's `GET /v1/snapshot`), else a full build
+//!   from the store; then the change log after that file's revision. Nothing
+//!   is published until it has caught up with the store: a stale file could
+//!   miss a seal.
+//! - **Following**: woken by a local write, a PostgreSQL notification, a
+//!   check that asks for a newer revision, or a poll tick, it reads
+//!   `changes` after the published revision and applies them as a small
+//!   overlay on the current snapshot (off the async workers), or rebuilds
+//!   from the store when too many persons changed. The change log is the
+//!   truth; notifications only wake it.
+//! - **Folding and checkpoints**: when the overlay grows past `fold_at`, or
+//!   an hour has passed with changes, it folds in the background, publishes
+//!   the folded snapshot (same answers, fresh bases) and writes it as the
+//!   new snapshot file.
+//! - **Staleness**: every successful read of the store is contact. Past
+//!   `max_staleness` without contact, checks answer `503 not_ready`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use crate::model::Settings;
+use crate::server::State;
+use crate::snapfile::{self, SnapFileError};
+use crate::snapshot::{BuildError, Rules, Snapshot};
+use crate::store::{Changes, Loaded, Store, StoreError};
+
+/// The snapshot file's name inside `--data-dir`.
+pub const SNAPSHOT_FILE: &str = "snapshot";
+
+/// How the node follows the store.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Where snapshot files are kept (`--data-dir`); `None` keeps none.
+    pub data_dir: Option<PathBuf>,
+    /// Overlay entries (persons plus subjects with changed rules) that
+    /// start a background fold.
+    pub fold_at: usize,
+    /// With changes pending in the overlay, fold and checkpoint at least
+    /// this often, so that a restart replays little.
+    pub checkpoint_every: Duration,
+    /// More changed persons than this are loaded by a full rebuild instead
+    /// of as an overlay.
+    pub max_delta_persons: u64,
+    /// How often the store is asked for changes without being woken.
+    pub poll_every: Duration,
+    /// Without contact with the store for longer than this, checks answer
+    /// `503`. `None`: never (the embedded store is in-process).
+    pub max_staleness: Option<Duration>,
+    /// Peers to fetch a snapshot file from at bootstrap.
+    pub peers: Vec<Peer>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: None,
+            fold_at: 10_000,
+            checkpoint_every: Duration::from_secs(3600),
+            max_delta_persons: 100_000,
+            poll_every: Duration::from_secs(1),
+            max_staleness: None,
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// Another instance to fetch a snapshot file from.
+#[derive(Clone)]
+pub struct Peer {
+    /// `http://host:port` of its admin listener.
+    pub url: String,
+    /// A `peer` token valid there.
+    pub token: String,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+/// A running node. Dropping it does not stop it: call [`Node::stop`].
+#[derive(Debug)]
+pub struct Node {
+    shared: Arc<Shared>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    watchdog: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Store,
+    state: Arc<State>,
+    settings: Arc<Settings>,
+    config: NodeConfig,
+    /// A local write committed: catch up now.
+    kick: Notify,
+    /// A PostgreSQL notification arrived.
+    wake: Arc<Notify>,
+    stop: watch::Sender<bool>,
+}
+
+/// Why a bootstrap or catch-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The snapshot could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A blocking task failed.
+    #[error("a background task failed: {0}")]
+    Task(String),
+}
+
+impl Node {
+    /// Starts following `store` and publishing into `state`. Returns at once;
+    /// checks answer `503` until the bootstrap has caught up.
+    pub fn start(store: Store, state: Arc<State>, settings: Arc<Settings>, config: NodeConfig) -> Node {
+        let (stop, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            store,
+            state,
+            settings,
+            config,
+            kick: Notify::new(),
+            wake: Arc::new(Notify::new()),
+            stop,
+        });
+        let task = tokio::spawn(run(shared.clone()));
+        let watchdog = tokio::spawn(watchdog(shared.clone()));
+        Node {
+            shared,
+            task: Mutex::new(Some(task)),
+            watchdog: Mutex::new(Some(watchdog)),
+        }
+    }
+
+    /// The store this node follows.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// The listener state it publishes into.
+    pub fn state(&self) -> &Arc<State> {
+        &self.shared.state
+    }
+
+    /// The region settings.
+    pub fn settings(&self) -> &Arc<Settings> {
+        &self.shared.settings
+    }
+
+    /// Waits until checks answer from `revision` or later (a write this
+    /// node just committed), at most `timeout`. `false` if it did not happen
+    /// in time; the write is committed either way.
+    pub async fn wait_applied(&self, revision: u64, timeout: Duration) -> bool {
+        self.shared.kick.notify_one();
+        self.shared.state.wait_for_revision(revision, timeout).await
+    }
+
+    /// The snapshot file, if this node has written one.
+    pub fn snapshot_file(&self) -> Option<PathBuf> {
+        let path = self.shared.config.data_dir.as_ref()?.join(SNAPSHOT_FILE);
+        path.exists().then_some(path)
+    }
+
+    /// Stops following and waits for the task (and any checkpoint being
+    /// written) to end.
+    pub async fn stop(&self) {
+        let _ = self.shared.stop.send(true);
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        let watchdog = self.watchdog.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = watchdog {
+            t.abort();
+        }
+    }
+}
+
+/// The current snapshot, once, without following: the snapshot file in
+/// `config.data_dir` (or a full build) brought up to the store's head. For
+/// the command line.
+pub async fn load_once(store: Store, settings: Arc<Settings>, config: NodeConfig) -> Result<Snapshot, NodeError> {
+    let state = Arc::new(State::new(crate::server::ListenerConfig::default(), "command line"));
+    let shared = Shared {
+        store,
+        state,
+        settings,
+        config,
+        kick: Notify::new(),
+        wake: Arc::new(Notify::new()),
+        stop: watch::channel(false).0,
+    };
+    let (snap, _) = shared.initial().await?;
+    shared.catch_up(snap).await
+}
+
+/// Runs a CPU-bound step off the async workers (the check listener shares
+/// them).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| NodeError::Task(e.to_string()))
+}
+
+fn build(loaded: Loaded, settings: Arc<Settings>) -> Result<Snapshot, BuildError> {
+    let tz = crate::time::stockholm()?;
+    let people = loaded.people.build(&settings, &tz)?;
+    Snapshot::new(
+        loaded.revision,
+        settings,
+        Arc::new(people),
+        Arc::new(Rules::new(loaded.rules)),
+    )
+}
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    fn snapshot_path(&self) -> Option<PathBuf> {
+        self.config.data_dir.as_ref().map(|d| d.join(SNAPSHOT_FILE))
+    }
+
+    /// A full build from the store.
+    async fn rebuild(&self) -> Result<Snapshot, NodeError> {
+        let started = std::time::Instant::now();
+        let loaded = self.store.load().await?;
+        self.state.sync.contact(loaded.revision);
+        let settings = self.settings.clone();
+        let snap = blocking(move || build(loaded, settings)).await??;
+        self.state.sync.rebuilds.fetch_add(1, Relaxed);
+        info!(
+            revision = snap.revision(),
+            persons = snap.people().len(),
+            rules = snap.rules().len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "built the snapshot from the store"
+        );
+        Ok(snap)
+    }
+
+    /// The snapshot to start from: our own file, a peer's, or a full build.
+    async fn initial(&self) -> Result<(Snapshot, bool), NodeError> {
+        if let Some(path) = self.snapshot_path() {
+            match self.read_file(&path).await {
+                Ok(s) => {
+                    info!(revision = s.revision(), "loaded the snapshot file");
+                    return Ok((s, false));
+                }
+                Err(SnapFileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warn!(error = %e, "the snapshot file is refused; it will be rebuilt"),
+            }
+            for peer in &self.config.peers {
+                match crate::peer::fetch(peer, &path).await {
+                    Ok(()) => match self.read_file(&path).await {
+                        Ok(s) => {
+                            info!(revision = s.revision(), peer = %peer.url, "loaded a peer's snapshot file");
+                            return Ok((s, false));
+                        }
+                        Err(e) => warn!(error = %e, peer = %peer.url, "a peer's snapshot file is refused"),
+                    },
+                    Err(e) => warn!(error = %e, peer = %peer.url, "cannot fetch a snapshot file from a peer"),
+                }
+            }
+        }
+        Ok((self.rebuild().await?, true))
+    }
+
+    async fn read_file(&self, path: &Path) -> Result<Snapshot, SnapFileError> {
+        let path = path.to_owned();
+        let id = self.store.id().to_owned();
+        let settings = self.settings.clone();
+        tokio::task::spawn_blocking(move || snapfile::read(&path, &id, settings))
+            .await
+            .map_err(|e| SnapFileError::Io(std::io::Error::other(e.to_string())))?
+    }
+
+    /// Brings `snap` up to the store's head: a delta applied as an overlay,
+    /// or a full build when too much changed or the file is ahead of the
+    /// store (a restored backup).
+    async fn catch_up(&self, snap: Snapshot) -> Result<Snapshot, NodeError> {
+        let after = snap.revision();
+        match self.store.changes(after, self.config.max_delta_persons).await {
+            Ok(Changes::UpToDate(head)) => {
+                self.state.sync.contact(head);
+                Ok(snap)
+            }
+            Ok(Changes::Delta {
+                revision,
+                persons,
+                rules,
+            }) => {
+                self.state.sync.contact(revision);
+                let n = persons.len();
+                let next = blocking(move || snap.apply(revision, &persons, &rules)).await??;
+                debug!(from = after, to = revision, persons = n, "applied changes");
+                Ok(next)
+            }
+            Ok(Changes::TooMany(head)) => {
+                info!(
+                    from = after,
+                    to = head,
+                    "many persons changed: rebuilding from the store"
+                );
+                self.rebuild().await
+            }
+            Err(StoreError::Corrupt(why)) => {
+                warn!(reason = %why, "the snapshot does not follow the store: rebuilding");
+                self.rebuild().await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn publish(&self, snap: Snapshot) {
+        self.state.publish(snap);
+    }
+
+    /// Folds `snap` and writes it as the snapshot file, in the background.
+    fn fold_in_background(self: &Arc<Self>, snap: Snapshot) -> JoinHandle<Option<Snapshot>> {
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let folded = match blocking(move || snap.fold()).await {
+                Ok(Ok(f)) => f,
+                Ok(Err(e)) => {
+                    error!(error = %e, "folding failed");
+                    return None;
+                }
+                Err(e) => {
+                    error!(error = %e, "folding failed");
+                    return None;
+                }
+            };
+            shared.state.sync.folds.fetch_add(1, Relaxed);
+            debug!(
+                revision = folded.revision(),
+                seconds = started.elapsed().as_secs_f64(),
+                "folded"
+            );
+            shared.checkpoint(folded.clone()).await;
+            Some(folded)
+        })
+    }
+
+    /// Writes `snap` (folded) as the snapshot file.
+    async fn checkpoint(&self, snap: Snapshot) {
+        let Some(path) = self.snapshot_path() else { return };
+        let id = self.store.id().to_owned();
+        let revision = snap.revision();
+        let started = std::time::Instant::now();
+        match blocking(move || snapfile::write(&path, &snap, &id)).await {
+            Ok(Ok(bytes)) => {
+                self.state.sync.checkpoints.fetch_add(1, Relaxed);
+                info!(
+                    revision,
+                    bytes,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "checkpoint written"
+                );
+            }
+            Ok(Err(e)) => error!(error = %e, "cannot write the snapshot file"),
+            Err(e) => error!(error = %e, "cannot write the snapshot file"),
+        }
+    }
+}
+
+/// What woke the node.
+enum Event {
+    /// Something may have changed: catch up.
+    Work,
+    /// The notification connection was lost.
+    Lost,
+    /// A background fold finished (`None` if it failed).
+    Folded(Option<Snapshot>),
+    /// Stop.
+    Stop,
+}
+
+type Fold = JoinHandle<Option<Snapshot>>;
+
+/// Waits for something to do: a kick, a notification, a check that wants a
+/// newer revision, the poll tick, a finished fold, or the stop signal.
+async fn wait(
+    shared: &Shared,
+    listening: &mut Option<crate::store::postgres::Listening>,
+    fold: &mut Option<Fold>,
+) -> Event {
+    let mut stop = shared.stop.subscribe();
+    if *stop.borrow() {
+        return Event::Stop;
+    }
+    tokio::select! {
+        () = shared.kick.notified() => Event::Work,
+        () = shared.wake.notified() => Event::Work,
+        () = shared.state.kicked() => Event::Work,
+        () = async { if let Some(l) = listening.as_mut() { l.lost().await } else { std::future::pending().await } } => Event::Lost,
+        done = async { if let Some(f) = fold.as_mut() { f.await } else { std::future::pending().await } } => {
+            Event::Folded(done.ok().flatten())
+        }
+        () = tokio::time::sleep(shared.config.poll_every) => Event::Work,
+        _ = stop.changed() => Event::Stop,
+    }
+}
+
+async fn run(shared: Arc<Shared>) {
+    // Bootstrap: retry until the store answers; checks answer 503 meanwhile.
+    let mut backoff = Duration::from_millis(100);
+    let (mut current, built) = loop {
+        if shared.stopping() {
+            return;
+        }
+        let attempt = async {
+            let (snap, built) = shared.initial().await?;
+            Ok::<_, NodeError>((shared.catch_up(snap).await?, built))
+        };
+        match attempt.await {
+            Ok(s) => break s,
+            Err(e) => {
+                shared.state.sync.errors.fetch_add(1, Relaxed);
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "bootstrap failed; retrying");
+                let mut stop = shared.stop.subscribe();
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    shared.publish(current.clone());
+    let mut fold: Option<Fold> = None;
+    let mut last_checkpoint = std::time::Instant::now();
+    if built || current.overlay_len() > 0 {
+        fold = Some(shared.fold_in_background(current.clone()));
+    }
+
+    let mut listening: Option<crate::store::postgres::Listening> = None;
+    loop {
+        if listening.is_none()
+            && let Store::Postgres(pg) = &shared.store
+        {
+            match pg.listen(shared.wake.clone()).await {
+                // Notifications sent before LISTEN took effect are lost:
+                // the catch-up below reads them from the log.
+                Ok(l) => listening = Some(l),
+                Err(e) => debug!(error = %e, "cannot listen for notifications yet"),
+            }
+        }
+        let mut base = current.clone();
+        let mut folded_now = false;
+        match wait(&shared, &mut listening, &mut fold).await {
+            Event::Stop => break,
+            Event::Work => {}
+            Event::Lost => {
+                warn!("lost the notification connection to the store; polling until it is back");
+                listening = None;
+            }
+            Event::Folded(done) => {
+                fold = None;
+                last_checkpoint = std::time::Instant::now();
+                // Same answers on fresh bases; what committed meanwhile is
+                // applied on top of it below.
+                if let Some(folded) = done {
+                    base = folded;
+                    folded_now = true;
+                }
+            }
+        }
+
+        match shared.catch_up(base.clone()).await {
+            Ok(next) => {
+                if folded_now || next.revision() != current.revision() {
+                    current = next;
+                    shared.publish(current.clone());
+                }
+            }
+            Err(e) => {
+                shared.state.sync.errors.fetch_add(1, Relaxed);
+                warn!(error = %e, "cannot read changes from the store");
+                continue;
+            }
+        }
+
+        let due = current.overlay_len() > 0 && last_checkpoint.elapsed() >= shared.config.checkpoint_every;
+        if fold.is_none() && (current.overlay_len() >= shared.config.fold_at || due) {
+            fold = Some(shared.fold_in_background(current.clone()));
+        }
+    }
+    // Let a checkpoint being written finish: a torn file is never renamed
+    // into place, but a finished one saves the next start a rebuild.
+    if let Some(f) = fold {
+        let _ = f.await;
+    }
+}
+
+/// Marks the instance stale when it has had no contact with the store for
+/// longer than `max_staleness`, and fresh again when it has.
+async fn watchdog(shared: Arc<Shared>) {
+    let Some(max) = shared.config.max_staleness else { return };
+    let every = (max / 10).clamp(Duration::from_millis(10), Duration::from_millis(500));
+    loop {
+        tokio::time::sleep(every).await;
+        let stale = shared.state.sync.contact_age().is_none_or(|age| age > max);
+        if shared.state.set_stale(stale) {
+            if stale {
+                error!(
+                    max_staleness_ms = max.as_millis() as u64,
+                    "no contact with the store: answering 503"
+                );
+            } else {
+                info!("contact with the store is back: answering again");
+            }
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Fetching a snapshot file from another instance of the fleet
+//! (`GET /v1/snapshot` on its admin listener, with a `peer` token), so that
+//! a new instance starts from a file instead of a full build.
+//!
+//! The file is streamed to a temporary name beside the destination and
+//! renamed only when complete; [`crate::snapfile::read`] then checks it like
+//! any other (checksum, store id, settings) before anything is served.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+
+use crate::node::Peer;
+
+/// How long a whole transfer may take.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a snapshot file could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The URL is not `http://host[:port]`.
+    #[error("`peers`: must be an http URL such as `http://10.0.0.2:7071`")]
+    Url,
+    /// Connecting, sending or receiving failed.
+    #[error("transfer failed: {0}")]
+    Transfer(String),
+    /// The peer answered something else than the file.
+    #[error("the peer answered {0}")]
+    Status(StatusCode),
+    /// It took too long.
+    #[error("the transfer timed out")]
+    Timeout,
+}
+
+fn transfer(e: impl std::fmt::Display) -> PeerError {
+    PeerError::Transfer(e.to_string())
+}
+
+/// Fetches `peer`'s snapshot file into `dest`.
+pub async fn fetch(peer: &Peer, dest: &Path) -> Result<(), PeerError> {
+    tokio::time::timeout(TIMEOUT, fetch_inner(peer, dest))
+        .await
+        .map_err(|_| PeerError::Timeout)?
+}
+
+async fn fetch_inner(peer: &Peer, dest: &Path) -> Result<(), PeerError> {
+    let uri: Uri = format!("{}/v1/snapshot", peer.url.trim_end_matches('/'))
+        .parse()
+        .map_err(|_| PeerError::Url)?;
+    if uri.scheme_str() != Some("http") {
+        return Err(PeerError::Url);
+    }
+    let host = uri.host().ok_or(PeerError::Url)?.to_owned();
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(transfer)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(transfer)?;
+    let conn = tokio::spawn(conn);
+    let req = Request::get(uri.path())
+        .header(hyper::header::HOST, format!("{host}:{port}"))
+        .header(hyper::header::AUTHORIZATION, format!("Bearer {}", peer.token))
+        .body(Empty::<Bytes>::new())
+        .map_err(transfer)?;
+    let res = sender.send_request(req).await.map_err(transfer)?;
+    if res.status() != StatusCode::OK {
+        return Err(PeerError::Status(res.status()));
+    }
+    let tmp = dest.with_extension("download");
+    let mut file = tokio::fs::File::create(&tmp).await.map_err(transfer)?;
+    let mut body = res.into_body();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(transfer)?.into_data() {
+            file.write_all(&data).await.map_err(transfer)?;
+        }
+    }
+    file.sync_all().await.map_err(transfer)?;
+    drop(file);
+    tokio::fs::rename(&tmp, dest).await.map_err(transfer)?;
+    conn.abort();
+    Ok(())
+}

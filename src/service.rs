@@ -1,0 +1,146 @@
+//! The whole service on two already-bound listeners: the check listener,
+//! the admin listener, the store and the node that follows it. `serve`
+//! calls [`start`] after binding; tests bind port 0 and call it too.
+
+use std::sync::{Arc, OnceLock};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::error;
+
+use crate::admin::{self, Admin};
+use crate::auth::Tokens;
+use crate::model::Settings;
+use crate::node::{Node, NodeConfig};
+use crate::server::{self, ListenerConfig, State};
+use crate::store::{Store, StoreError};
+
+/// What the service is started with.
+#[derive(Debug)]
+pub struct Options {
+    /// Both listeners' limits and the check listener's settings.
+    pub listener: ListenerConfig,
+    /// How the node follows the store.
+    pub node: NodeConfig,
+    /// The region settings.
+    pub settings: Arc<Settings>,
+    /// The admin tokens.
+    pub tokens: Tokens,
+    /// Where the data comes from, for `/v1/status`.
+    pub source: String,
+}
+
+/// A running service.
+#[derive(Debug)]
+pub struct Service {
+    /// The check listener's state (published snapshot, metrics).
+    pub state: Arc<State>,
+    node: Arc<OnceLock<Arc<Node>>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Starts serving on `check` and `admin` at once: checks answer `503` and
+/// admin requests `503` until `store` is open and the node has caught up.
+pub fn start(
+    check: TcpListener,
+    admin: TcpListener,
+    store: impl Future<Output = Result<Store, StoreError>> + Send + 'static,
+    options: Options,
+) -> Service {
+    let state = Arc::new(State::new(options.listener.clone(), options.source.clone()));
+    let (stop, _) = watch::channel(false);
+    let stopped = {
+        let stop = stop.clone();
+        move || {
+            let mut rx = stop.subscribe();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        }
+    };
+    let slot: Arc<OnceLock<Arc<Admin>>> = Arc::new(OnceLock::new());
+    let node_slot: Arc<OnceLock<Arc<Node>>> = Arc::new(OnceLock::new());
+    let mut tasks = Vec::new();
+
+    let handler_slot = slot.clone();
+    let admin_state = state.clone();
+    let admin_listener = options.listener.clone();
+    let admin_stopped = stopped();
+    tasks.push(tokio::spawn(async move {
+        let served = server::serve(admin, &admin_listener, admin_state, admin_stopped, move |req| {
+            let slot = handler_slot.clone();
+            async move {
+                match slot.get() {
+                    Some(a) => admin::handle(a, req).await,
+                    None => admin::not_ready(),
+                }
+            }
+        });
+        if let Err(e) = served.await {
+            error!(error = %e, "the admin listener failed");
+        }
+    }));
+    let check_server = server::run(check, state.clone(), stopped());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = check_server.await {
+            error!(error = %e, "the check listener failed");
+        }
+    }));
+
+    let Options {
+        node: node_config,
+        settings,
+        tokens,
+        ..
+    } = options;
+    let opening_state = state.clone();
+    let opening_nodes = node_slot.clone();
+    let mut stopping = stop.subscribe();
+    tasks.push(tokio::spawn(async move {
+        let store = tokio::select! {
+            s = store => s,
+            _ = stopping.wait_for(|s| *s) => return,
+        };
+        let store = match store {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot open the store; checks answer 503");
+                return;
+            }
+        };
+        let node = Arc::new(Node::start(store, opening_state, settings, node_config));
+        let _ = opening_nodes.set(node.clone());
+        match Admin::new(node, tokens) {
+            Ok(a) => {
+                let _ = slot.set(Arc::new(a));
+            }
+            Err(e) => error!(error = %e, "cannot start the admin API"),
+        }
+    }));
+    Service {
+        state,
+        node: node_slot,
+        stop,
+        tasks,
+    }
+}
+
+impl Service {
+    /// The node, once the store is open.
+    pub fn node(&self) -> Option<&Arc<Node>> {
+        self.node.get()
+    }
+
+    /// Stops accepting, lets in-flight requests finish, stops the node.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Some(node) = self.node.get() {
+            node.stop().await;
+        }
+    }
+}
