@@ -179,7 +179,7 @@ impl Node {
     /// Stops following and waits for the task (and any checkpoint being
     /// written) to end.
     pub async fn stop(&self) {
-        let _ = self.shared.stop.send(true);
+        self.shared.stop.send_replace(true);
         let task = self.task.lock().ok().and_then(|mut t| t.take());
         if let Some(t) = task {
             let _ = t.await;

@@ -135,7 +135,7 @@ impl Service {
 
     /// Stops accepting, lets in-flight requests finish, stops the node.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.stop.send_replace(true);
         for t in self.tasks {
             let _ = t.await;
         }

@@ -1,0 +1,233 @@
+//! Test support shared by the integration tests: a whole instance on port 0
+//! (through `service::start`, as `serve` runs it), a small HTTP client, the
+//! test tokens, and a throwaway PostgreSQL.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod pg;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use guardian_access::auth::Tokens;
+use guardian_access::identity::Pid;
+use guardian_access::model::{HsaId, Settings};
+use guardian_access::node::NodeConfig;
+use guardian_access::server::ListenerConfig;
+use guardian_access::service::{self, Options, Service};
+use guardian_access::store::{Caller, Role, Store};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+
+pub const UNIT: &str = "SE2321000131-E000000000001";
+pub const OTHER_UNIT: &str = "SE2321000131-E000000000002";
+pub const REGISTRAR: &str = "test-registrar-token-000000000000";
+pub const UNIT_TOKEN: &str = "test-unit-token-00000000000000000";
+pub const OTHER_UNIT_TOKEN: &str = "test-other-unit-token-00000000000";
+pub const POPULATION: &str = "test-population-token-00000000000";
+pub const AUDITOR: &str = "test-auditor-token-000000000000000";
+pub const PEER: &str = "test-peer-token-000000000000000000";
+
+/// The test tokens, one per role (two units).
+pub fn tokens() -> Tokens {
+    let caller = |name: &str, role, unit: Option<&str>| Caller {
+        name: name.into(),
+        role,
+        unit: unit.map(|u| HsaId::parse(u).unwrap()),
+    };
+    Tokens::from_list(vec![
+        (REGISTRAR.into(), caller("Kontaktcenter", Role::Registrar, None)),
+        (UNIT_TOKEN.into(), caller("BUP", Role::Unit, Some(UNIT))),
+        (
+            OTHER_UNIT_TOKEN.into(),
+            caller("Barnahus", Role::Unit, Some(OTHER_UNIT)),
+        ),
+        (POPULATION.into(), caller("Navet", Role::Population, None)),
+        (AUDITOR.into(), caller("Spärr och logg", Role::Auditor, None)),
+        (PEER.into(), caller("Peer", Role::Peer, None)),
+    ])
+}
+
+/// The tokens as a file, for the binary.
+pub fn tokens_file(dir: &Path) -> PathBuf {
+    let path = dir.join("tokens.json");
+    let entry = |t: &str, name: &str, role: &str, unit: Option<&str>| {
+        let mut v = serde_json::json!({"token": t, "name": name, "role": role});
+        if let Some(u) = unit {
+            v["unit"] = u.into();
+        }
+        v
+    };
+    let file = serde_json::json!({"tokens": [
+        entry(REGISTRAR, "Kontaktcenter", "registrar", None),
+        entry(UNIT_TOKEN, "BUP", "unit", Some(UNIT)),
+        entry(POPULATION, "Navet", "population", None),
+        entry(AUDITOR, "Spärr och logg", "auditor", None),
+        entry(PEER, "Peer", "peer", None),
+    ]});
+    std::fs::write(&path, file.to_string()).unwrap();
+    path
+}
+
+/// A number generated at run time (never committed): a valid personnummer
+/// for the date and serial.
+pub fn pid(year: i16, month: u8, day: u8, serial: u16) -> Pid {
+    guardian_access::identity::make_pid(year, month, day, serial).unwrap()
+}
+
+/// Node settings that react quickly in tests.
+pub fn quick_node(data_dir: Option<PathBuf>) -> NodeConfig {
+    NodeConfig {
+        data_dir,
+        poll_every: Duration::from_millis(50),
+        ..NodeConfig::default()
+    }
+}
+
+/// A whole instance on port 0.
+pub struct Instance {
+    pub check: SocketAddr,
+    pub admin: SocketAddr,
+    pub service: Service,
+}
+
+impl Instance {
+    pub async fn start(store: Store, node: NodeConfig) -> Instance {
+        Instance::start_with(store, node, Settings::default()).await
+    }
+
+    pub async fn start_with(store: Store, node: NodeConfig, settings: Settings) -> Instance {
+        let check = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (check_addr, admin_addr) = (check.local_addr().unwrap(), admin.local_addr().unwrap());
+        let service = service::start(
+            check,
+            admin,
+            async move { Ok(store) },
+            Options {
+                listener: ListenerConfig {
+                    min_revision_wait: Duration::from_millis(200),
+                    ..ListenerConfig::default()
+                },
+                node,
+                settings: Arc::new(settings),
+                tokens: tokens(),
+                source: "test".into(),
+            },
+        );
+        let i = Instance {
+            check: check_addr,
+            admin: admin_addr,
+            service,
+        };
+        i.ready().await;
+        i
+    }
+
+    /// Waits until checks are answered.
+    pub async fn ready(&self) {
+        for _ in 0..500 {
+            if get(self.check, "/readyz", &[]).await.status == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the instance did not become ready");
+    }
+
+    /// The revision checks answer from.
+    pub fn revision(&self) -> u64 {
+        self.service.state.revision()
+    }
+
+    pub async fn stop(self) {
+        self.service.stop().await;
+    }
+
+    /// `POST` to the admin listener with a token.
+    pub async fn admin_post(&self, token: &str, path: &str, body: &str) -> Reply {
+        send(
+            self.admin,
+            "POST",
+            path,
+            &[("authorization", &format!("Bearer {token}"))],
+            body.to_owned(),
+        )
+        .await
+    }
+
+    /// `GET` from the admin listener with a token.
+    pub async fn admin_get(&self, token: &str, path: &str) -> Reply {
+        get(self.admin, path, &[("authorization", &format!("Bearer {token}"))]).await
+    }
+
+    /// `POST /v1/check` at an instant.
+    pub async fn check(&self, actor: Pid, subject: Pid, service: &str, at: &str) -> serde_json::Value {
+        let body = serde_json::json!({"actor": actor.to_string(), "subject": subject.to_string(), "service": service, "at": at});
+        let r = send(self.check, "POST", "/v1/check", &[], body.to_string()).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The error body's code and field.
+    pub fn error(&self) -> (String, Option<String>) {
+        let v = self.json();
+        (
+            v["error"]["code"].as_str().unwrap_or_default().to_owned(),
+            v["error"]["field"].as_str().map(str::to_owned),
+        )
+    }
+}
+
+/// One request on a fresh connection.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder().method(method).uri(path).header("host", "test");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = sender
+        .send_request(req.body(Full::new(body.into())).unwrap())
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    Reply { status, headers, body }
+}
+
+pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    send(addr, "GET", path, headers, Bytes::new()).await
+}
