@@ -201,6 +201,31 @@ impl Reply {
     }
 }
 
+/// Any failure to get an answer.
+pub type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// One request on a fresh connection; an error if no answer came.
+pub async fn try_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Reply, Failure> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = Request::builder().method(method).uri(path).header("host", "test");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = sender.send_request(req.body(Full::new(body.into()))?).await?;
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await?.to_bytes();
+    Ok(Reply { status, headers, body })
+}
+
 /// One request on a fresh connection.
 pub async fn send(
     addr: SocketAddr,
@@ -209,23 +234,12 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Reply {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = Request::builder().method(method).uri(path).header("host", "test");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let res = sender
-        .send_request(req.body(Full::new(body.into())).unwrap())
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Reply { status, headers, body }
+    try_send(addr, method, path, headers, body).await.unwrap()
+}
+
+/// `GET` without a token; an error if no answer came.
+pub async fn try_get(addr: SocketAddr, path: &str) -> Result<Reply, Failure> {
+    try_send(addr, "GET", path, &[], Bytes::new()).await
 }
 
 pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
