@@ -198,7 +198,8 @@ struct Overlay {
 struct OverlayPerson {
     key: u64,
     attains: [i32; 2],
-    guardians: Box<[GuardianEdge]>,
+    /// Shared, so that copying the overlay for the next write copies no lists.
+    guardians: Arc<[GuardianEdge]>,
 }
 
 /// The slot array, in an anonymous mapping that asks the kernel for huge
@@ -651,7 +652,7 @@ impl People {
                             OverlayPerson {
                                 key: slot.key,
                                 attains: slot.attains,
-                                guardians: Box::new([]),
+                                guardians: Arc::from([]),
                             },
                             None,
                         );
@@ -665,7 +666,7 @@ impl People {
             let person = OverlayPerson {
                 key: slot.key | RECORDED,
                 attains: slot.attains,
-                guardians: guardians.into_boxed_slice(),
+                guardians: Arc::from(guardians),
             };
             let flag_changed = before.as_ref().is_some_and(|c| (c.key & PROTECTED != 0) != r.protected);
             ov.put(person, before.as_ref());
@@ -688,7 +689,7 @@ impl People {
                         OverlayPerson {
                             key: child.key,
                             attains: child.attains,
-                            guardians: edges.into_boxed_slice(),
+                            guardians: Arc::from(edges),
                         },
                         Some(&child),
                     );
@@ -807,6 +808,16 @@ impl PeopleBuilder {
     /// Adds a record.
     pub fn record(&mut self, r: &PersonRecord) -> &mut Self {
         self.person(r.id, r.birth_date, r.protected, &r.guardians)
+    }
+
+    /// Every record added so far, in order (repeats included).
+    pub fn records(&self) -> impl Iterator<Item = PersonRecord> + '_ {
+        self.records.iter().map(|r| PersonRecord {
+            id: r.id,
+            birth_date: r.birth_date,
+            protected: r.protected,
+            guardians: self.guardians[r.guardians.start as usize..r.guardians.end as usize].to_vec(),
+        })
     }
 
     /// Number of records added so far (repeats included).

@@ -75,7 +75,7 @@ struct RuleTable {
 
 #[derive(Debug, Clone, Default)]
 struct RuleOverlay {
-    by_subject: HashMap<Pid, Box<[Rule]>, Hasher>,
+    by_subject: HashMap<Pid, Arc<[Rule]>, Hasher>,
     filter: Filter,
 }
 
@@ -164,7 +164,7 @@ impl Rules {
                 }
             }
             list.sort_by_key(|r| (r.valid_from, r.id));
-            overlay.by_subject.insert(rule.subject, list.into_boxed_slice());
+            overlay.by_subject.insert(rule.subject, Arc::from(list));
         }
         overlay.filter = Filter::new(overlay.by_subject.len(), overlay.by_subject.keys().map(|p| p.get()));
         Rules {

@@ -139,6 +139,16 @@ pub fn generate(scale: Scale, seed: u64) -> Result<Synthetic, BuildError> {
 }
 
 impl Population {
+    /// The population records, as an import would deliver them.
+    pub fn records(&self) -> impl Iterator<Item = crate::people::PersonRecord> + '_ {
+        self.people.records()
+    }
+
+    /// The restrictions and grants.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
     /// Builds the snapshot (default settings, revision 1).
     pub fn build(self) -> Result<Synthetic, BuildError> {
         let tz = time::stockholm()?;

@@ -40,7 +40,7 @@ use crate::time::Instant;
 pub const SQLITE_FILE: &str = "guardian-access.db";
 
 /// Records per message on an import channel.
-pub const IMPORT_BATCH: usize = 4096;
+pub const IMPORT_BATCH: usize = 16_384;
 
 /// A token holder's role (SPEC §5, plus `peer` for fetching snapshots).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -58,11 +58,12 @@ CREATE TABLE persons (
 );
 CREATE TABLE person_history (
     revision BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
     id BIGINT NOT NULL,
     birth_date TEXT,
     protected BOOLEAN NOT NULL,
     guardians TEXT NOT NULL,
-    PRIMARY KEY (revision, id)
+    PRIMARY KEY (revision, seq)
 );
 CREATE INDEX person_history_by_person ON person_history (id, revision);
 CREATE TABLE rules (
@@ -430,8 +431,8 @@ impl PgStore {
                          IS DISTINCT FROM (EXCLUDED.birth_date, EXCLUDED.protected, EXCLUDED.guardians)
                      RETURNING id, birth_date, protected, guardians
                  )
-                 INSERT INTO person_history (revision, id, birth_date, protected, guardians)
-                 SELECT $1, id, birth_date, protected, guardians FROM up",
+                 INSERT INTO person_history (revision, seq, id, birth_date, protected, guardians)
+                 SELECT $1, row_number() OVER (ORDER BY id), id, birth_date, protected, guardians FROM up",
                 &[&(revision as i64)],
             )
             .await
@@ -533,7 +534,7 @@ impl PgStore {
             let persons = tx
                 .query(
                     "SELECT id, birth_date, protected, guardians, revision FROM person_history
-                     WHERE revision > $1 ORDER BY revision, id",
+                     WHERE revision > $1 ORDER BY revision, seq",
                     &[&(after as i64)],
                 )
                 .await

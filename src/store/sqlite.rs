@@ -46,11 +46,12 @@ CREATE TABLE persons (
 );
 CREATE TABLE person_history (
     revision INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
     id INTEGER NOT NULL,
     birth_date TEXT,
     protected INTEGER NOT NULL,
     guardians TEXT NOT NULL,
-    PRIMARY KEY (revision, id)
+    PRIMARY KEY (revision, seq)
 ) WITHOUT ROWID;
 CREATE INDEX person_history_by_person ON person_history (id, revision);
 CREATE TABLE rules (
@@ -136,7 +137,7 @@ fn connect(path: &Path, create: bool) -> Result<Connection, StoreError> {
     // survives power loss, not just a crash of this process.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "cache_size", -65_536)?;
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     Ok(conn)
 }
@@ -375,6 +376,9 @@ struct PersonWriter<'t> {
     upsert: rusqlite::Statement<'t>,
     history: rusqlite::Statement<'t>,
     revision: i64,
+    /// The line within the write: history is keyed by `(revision, seq)`,
+    /// so it is appended in order rather than inserted at random.
+    seq: i64,
     guardians: String,
 }
 
@@ -389,10 +393,11 @@ impl<'t> PersonWriter<'t> {
                      OR persons.guardians IS NOT excluded.guardians",
             )?,
             history: tx.prepare(
-                "INSERT OR REPLACE INTO person_history (revision, id, birth_date, protected, guardians)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO person_history (revision, seq, id, birth_date, protected, guardians)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?,
             revision: revision as i64,
+            seq: 0,
             guardians: String::new(),
         })
     }
@@ -408,8 +413,9 @@ impl<'t> PersonWriter<'t> {
         if n == 0 {
             return Ok(false);
         }
+        self.seq += 1;
         self.history
-            .execute(params![self.revision, id, birth, p.protected, self.guardians])?;
+            .execute(params![self.revision, self.seq, id, birth, p.protected, self.guardians])?;
         Ok(true)
     }
 }
@@ -527,13 +533,27 @@ impl Db {
     }
 
     /// See [`super::Store::import`]. Blocks on the channel.
-    pub fn import(&self, mut rx: mpsc::Receiver<ImportMsg>, by: &Caller) -> Result<Imported, StoreError> {
+    ///
+    /// A new person lands at a random place in `persons` and in the
+    /// by-person history index; with the usual page cache a national import
+    /// spends its time re-reading pages. The writer gets a large cache for
+    /// the import only and gives the memory back afterwards.
+    pub fn import(&self, rx: mpsc::Receiver<ImportMsg>, by: &Caller) -> Result<Imported, StoreError> {
+        let _big = BigCache::new(&self.writer)?;
+        self.import_inner(rx, by)
+    }
+
+    fn import_inner(&self, mut rx: mpsc::Receiver<ImportMsg>, by: &Caller) -> Result<Imported, StoreError> {
         self.write(|tx, revision, at| {
             let mut writer = PersonWriter::new(tx, revision)?;
             let (mut upserted, mut changed) = (0u64, 0u64);
             loop {
                 match rx.blocking_recv() {
-                    Some(ImportMsg::Batch(batch)) => {
+                    Some(ImportMsg::Batch(mut batch)) => {
+                        // In number order, consecutive inserts touch
+                        // neighbouring pages. Stable: a later line for the
+                        // same person still comes later, and wins.
+                        batch.sort_by_key(|p| p.id);
                         for p in &batch {
                             upserted += 1;
                             changed += u64::from(writer.write(p)?);
@@ -619,7 +639,7 @@ impl Db {
         }
         let mut stmt = tx.prepare(
             "SELECT id, birth_date, protected, guardians, revision FROM person_history
-             WHERE revision > ?1 ORDER BY revision, id",
+             WHERE revision > ?1 ORDER BY revision, seq",
         )?;
         let persons = stmt
             .query_map([after as i64], person_row)?
@@ -757,6 +777,31 @@ impl Db {
         }
         out.sort_by_key(|e| e.revision);
         Ok(out)
+    }
+}
+
+/// Page cache of the writer during an import, in KiB.
+const IMPORT_CACHE_KIB: i64 = 256 * 1024;
+/// Page cache of the writer otherwise, in KiB.
+const CACHE_KIB: i64 = 64 * 1024;
+
+/// The writer's page cache enlarged for as long as this lives.
+struct BigCache<'a> {
+    writer: &'a Mutex<Connection>,
+}
+
+impl<'a> BigCache<'a> {
+    fn new(writer: &'a Mutex<Connection>) -> Result<BigCache<'a>, StoreError> {
+        lock(writer).pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)?;
+        Ok(BigCache { writer })
+    }
+}
+
+impl Drop for BigCache<'_> {
+    fn drop(&mut self) {
+        let conn = lock(self.writer);
+        let _ = conn.pragma_update(None, "cache_size", -CACHE_KIB);
+        let _ = conn.execute_batch("PRAGMA shrink_memory");
     }
 }
 
