@@ -151,6 +151,16 @@ impl ApiError {
         ApiError::new(503, "not_ready", "no data is loaded yet; cannot decide", None)
     }
 
+    /// The store has been out of reach for longer than `max_staleness`.
+    pub fn stale() -> Self {
+        ApiError::new(
+            503,
+            "not_ready",
+            "this instance has lost its store for longer than allowed; cannot decide",
+            None,
+        )
+    }
+
     /// No such route.
     pub fn not_found() -> Self {
         ApiError::new(404, "not_found", "no such endpoint", None)

@@ -90,9 +90,10 @@ impl Default for Metrics {
 /// Facts about the loaded snapshot and the store, read when metrics are scraped.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SnapshotGauges {
-    /// Whether checks are answered (a snapshot is loaded and not stale).
+    /// Whether checks are answered (a snapshot is loaded and the store not
+    /// lost for longer than `max_staleness`).
     pub ready: bool,
-    /// Past `max_staleness` without contact with the store.
+    /// The store has not answered for a while (checks still answered).
     pub stale: bool,
     /// The snapshot's revision.
     pub revision: u64,
@@ -265,7 +266,7 @@ impl Metrics {
             (
                 "guardian_access_stale",
                 "gauge",
-                "1 when the store has not answered for longer than max_staleness.",
+                "1 when the store has not answered for a while (checks are still answered until max_staleness).",
                 f64::from(u8::from(snap.stale)),
             ),
             (

@@ -138,6 +138,10 @@ impl Node {
             wake: Arc::new(Notify::new()),
             stop,
         });
+        shared
+            .state
+            .sync
+            .set_limits(stale_after(&shared.config), shared.config.max_staleness);
         let task = tokio::spawn(run(shared.clone()));
         let watchdog = tokio::spawn(watchdog(shared.clone()));
         Node {
@@ -241,7 +245,6 @@ impl Shared {
     async fn rebuild(&self) -> Result<Snapshot, NodeError> {
         let started = std::time::Instant::now();
         let loaded = self.store.load().await?;
-        self.state.sync.contact(loaded.revision);
         let settings = self.settings.clone();
         let snap = blocking(move || build(loaded, settings)).await??;
         self.state.sync.rebuilds.fetch_add(1, Relaxed);
@@ -257,6 +260,11 @@ impl Shared {
 
     /// The snapshot to start from: our own file, a peer's, or a full build.
     async fn initial(&self) -> Result<(Snapshot, bool), NodeError> {
+        if let Some(dir) = &self.config.data_dir
+            && let Err(e) = tokio::fs::create_dir_all(dir).await
+        {
+            warn!(error = %e, "cannot create the data directory; no snapshot files");
+        }
         if let Some(path) = self.snapshot_path() {
             match self.read_file(&path).await {
                 Ok(s) => {
@@ -297,16 +305,12 @@ impl Shared {
     async fn catch_up(&self, snap: Snapshot) -> Result<Snapshot, NodeError> {
         let after = snap.revision();
         match self.store.changes(after, self.config.max_delta_persons).await {
-            Ok(Changes::UpToDate(head)) => {
-                self.state.sync.contact(head);
-                Ok(snap)
-            }
+            Ok(Changes::UpToDate(_)) => Ok(snap),
             Ok(Changes::Delta {
                 revision,
                 persons,
                 rules,
             }) => {
-                self.state.sync.contact(revision);
                 let n = persons.len();
                 let next = blocking(move || snap.apply(revision, &persons, &rules)).await??;
                 debug!(from = after, to = revision, persons = n, "applied changes");
@@ -328,8 +332,12 @@ impl Shared {
         }
     }
 
+    /// Publishes `snap`, which is caught up with the store: only now is the
+    /// instance in contact (and fresh) again.
     fn publish(&self, snap: Snapshot) {
+        let revision = snap.revision();
         self.state.publish(snap);
+        self.state.sync.contact(revision);
     }
 
     /// Folds `snap` and writes it as the snapshot file, in the background.
@@ -489,6 +497,9 @@ async fn run(shared: Arc<Shared>) {
                 if folded_now || next.revision() != current.revision() {
                     current = next;
                     shared.publish(current.clone());
+                } else {
+                    // Nothing new: still in contact, still caught up.
+                    shared.state.sync.contact(current.revision());
                 }
             }
             Err(e) => {
@@ -510,22 +521,43 @@ async fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Marks the instance stale when it has had no contact with the store for
-/// longer than `max_staleness`, and fresh again when it has.
+/// How old contact with the store may get before the instance says it is
+/// stale (it still answers): a few missed polls.
+fn stale_after(config: &NodeConfig) -> Duration {
+    (config.poll_every * 3).max(Duration::from_secs(1))
+}
+
+/// Stops the instance answering when it has had no contact with the store
+/// for longer than `max_staleness`, and lets it answer again once it has
+/// caught up. Logs when it becomes stale and when it is fresh again.
 async fn watchdog(shared: Arc<Shared>) {
-    let Some(max) = shared.config.max_staleness else { return };
-    let every = (max / 10).clamp(Duration::from_millis(10), Duration::from_millis(500));
+    let max = shared.config.max_staleness;
+    let every = max
+        .map_or(Duration::from_millis(500), |m| m / 10)
+        .clamp(Duration::from_millis(10), Duration::from_millis(500));
+    let mut was_stale = false;
     loop {
         tokio::time::sleep(every).await;
-        let stale = shared.state.sync.contact_age().is_none_or(|age| age > max);
-        if shared.state.set_stale(stale) {
+        let sync = &shared.state.sync;
+        let stale = sync.is_stale() && shared.state.revision() > 0;
+        if stale != was_stale {
+            was_stale = stale;
             if stale {
+                warn!("no contact with the store: answering from the last snapshot");
+            } else {
+                info!("contact with the store is back");
+            }
+        }
+        let Some(max) = max else { continue };
+        let expired = sync.contact_age().is_none_or(|age| age > max);
+        if shared.state.set_expired(expired) {
+            if expired {
                 error!(
                     max_staleness_ms = max.as_millis() as u64,
-                    "no contact with the store: answering 503"
+                    "no contact with the store for too long: answering 503"
                 );
             } else {
-                info!("contact with the store is back: answering again");
+                info!("caught up with the store: answering again");
             }
         }
     }

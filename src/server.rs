@@ -103,8 +103,8 @@ pub struct State {
     revision: watch::Sender<u64>,
     /// Asks the node to catch up now (a check wants a newer revision).
     kick: Notify,
-    /// No contact with the store for longer than allowed: answer 503.
-    stale: AtomicBool,
+    /// No contact with the store for longer than `max_staleness`: answer 503.
+    expired: AtomicBool,
     /// What the node reports about following the store.
     pub sync: SyncStatus,
     /// The counters behind `/metrics`.
@@ -120,6 +120,10 @@ pub struct State {
 pub struct SyncStatus {
     head: AtomicU64,
     contact: Mutex<Option<std::time::Instant>>,
+    /// Contact older than this makes the instance stale (still answering).
+    stale_after_ms: AtomicU64,
+    /// Contact older than this makes it stop answering; 0 = never.
+    max_staleness_ms: AtomicU64,
     /// Failed reads of the store.
     pub errors: AtomicU64,
     /// Background folds done.
@@ -148,6 +152,29 @@ impl SyncStatus {
     pub fn head(&self) -> u64 {
         self.head.load(Relaxed)
     }
+
+    /// Sets how old contact may get before the instance is stale (still
+    /// answering) and before it stops answering (`None`: never).
+    pub fn set_limits(&self, stale_after: Duration, max_staleness: Option<Duration>) {
+        self.stale_after_ms.store(stale_after.as_millis() as u64, Relaxed);
+        self.max_staleness_ms
+            .store(max_staleness.map_or(0, |d| d.as_millis() as u64), Relaxed);
+    }
+
+    /// `max_staleness`, if the instance has one.
+    pub fn max_staleness(&self) -> Option<Duration> {
+        match self.max_staleness_ms.load(Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Whether the store has not answered for a while: the instance still
+    /// answers from its last snapshot, and says so.
+    pub fn is_stale(&self) -> bool {
+        let after = Duration::from_millis(self.stale_after_ms.load(Relaxed));
+        after > Duration::ZERO && self.contact_age().is_none_or(|a| a > after)
+    }
 }
 
 /// A keyed hash of an identity number, for correlating log lines without
@@ -169,7 +196,7 @@ impl State {
             published: ArcSwapOption::empty(),
             revision: watch::channel(0).0,
             kick: Notify::new(),
-            stale: AtomicBool::new(false),
+            expired: AtomicBool::new(false),
             sync: SyncStatus::default(),
             metrics: Metrics::default(),
             config,
@@ -191,7 +218,7 @@ impl State {
 
     /// The published snapshot, if checks are being answered.
     pub fn current(&self) -> Option<Arc<Published>> {
-        if self.stale.load(Relaxed) {
+        if self.expired.load(Relaxed) {
             return None;
         }
         self.published.load_full()
@@ -221,15 +248,15 @@ impl State {
         self.kick.notified().await;
     }
 
-    /// Marks the instance stale (answering 503) or fresh; `true` if that
-    /// changed.
-    pub fn set_stale(&self, stale: bool) -> bool {
-        self.stale.swap(stale, Relaxed) != stale
+    /// Marks the instance as past `max_staleness` (answering 503) or not;
+    /// `true` if that changed.
+    pub fn set_expired(&self, expired: bool) -> bool {
+        self.expired.swap(expired, Relaxed) != expired
     }
 
-    /// Whether the instance is past its allowed staleness.
-    pub fn is_stale(&self) -> bool {
-        self.stale.load(Relaxed)
+    /// Whether the instance is past `max_staleness` and refuses to answer.
+    pub fn is_expired(&self) -> bool {
+        self.expired.load(Relaxed)
     }
 
     /// The tag logs use for `pid`.
@@ -240,8 +267,8 @@ impl State {
     fn gauges(&self, p: Option<&Published>) -> SnapshotGauges {
         let sync = &self.sync;
         SnapshotGauges {
-            ready: p.is_some() && !self.is_stale(),
-            stale: self.is_stale(),
+            ready: p.is_some() && !self.is_expired(),
+            stale: sync.is_stale(),
             revision: p.map_or(0, |p| p.snapshot.revision()),
             age_seconds: p.map_or(0.0, |p| age(p).as_secs_f64()),
             overlay: p.map_or(0, |p| p.snapshot.overlay_len() as u64),
@@ -416,8 +443,8 @@ where
 
 /// `/v1/check`, `/v1/check/batch`, `/v1/children`: one snapshot load each.
 fn decision(state: &State, endpoint: Endpoint, body: &[u8]) -> Result<Answer, ApiError> {
-    if state.stale.load(Relaxed) {
-        return Err(ApiError::not_ready());
+    if state.expired.load(Relaxed) {
+        return Err(ApiError::stale());
     }
     let published = state.published.load();
     let Some(p) = published.as_deref() else {
@@ -460,8 +487,8 @@ fn decision(state: &State, endpoint: Endpoint, body: &[u8]) -> Result<Answer, Ap
 
 /// `GET /v1/authz`: for nginx `auth_request` and Envoy `ext_authz`.
 fn authz<B>(state: &State, req: &Request<B>) -> Result<Answer, ApiError> {
-    if state.stale.load(Relaxed) {
-        return Err(ApiError::not_ready());
+    if state.expired.load(Relaxed) {
+        return Err(ApiError::stale());
     }
     let published = state.published.load();
     let Some(p) = published.as_deref() else {
@@ -490,7 +517,7 @@ fn authz<B>(state: &State, req: &Request<B>) -> Result<Answer, ApiError> {
 fn operations(state: &State, path: &str) -> Answer {
     let published = state.published.load();
     let p = published.as_deref();
-    let ready = p.is_some() && !state.is_stale();
+    let ready = p.is_some() && !state.is_expired();
     match path {
         "/healthz" => respond(200, "text/plain", "ok\n"),
         "/readyz" => match p {
@@ -498,6 +525,7 @@ fn operations(state: &State, path: &str) -> Answer {
                 serde_json::to_vec(&serde_json::json!({"ready": true, "revision": p.snapshot.revision()}))
                     .unwrap_or_default(),
             ),
+            _ if state.is_expired() => error(state, Endpoint::Operations, &ApiError::stale()),
             _ => error(state, Endpoint::Operations, &ApiError::not_ready()),
         },
         "/metrics" => respond(200, "text/plain; version=0.0.4", state.metrics.render(state.gauges(p))),
@@ -507,7 +535,9 @@ fn operations(state: &State, path: &str) -> Answer {
                 "revision": sync.head(),
                 "behind": sync.head().saturating_sub(p.map_or(0, |p| p.snapshot.revision())),
                 "lag_seconds": sync.contact_age().map(|d| d.as_secs_f64()),
-                "stale": state.is_stale(),
+                "stale": sync.is_stale(),
+                "expired": state.is_expired(),
+                "max_staleness_seconds": sync.max_staleness().map(|d| d.as_secs_f64()),
                 "errors": sync.errors.load(Relaxed),
                 "folds": sync.folds.load(Relaxed),
                 "checkpoints": sync.checkpoints.load(Relaxed),

@@ -6,68 +6,20 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use support::{AUDITOR, POPULATION, REGISTRAR, UNIT};
-
-struct Process {
-    child: Child,
-    check: SocketAddr,
-    admin: SocketAddr,
-}
+use support::{AUDITOR, POPULATION, Process, REGISTRAR, UNIT};
 
 fn start(dir: &Path, tokens: &Path) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_guardian-access"))
-        .args([
-            "serve",
-            "--check-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .arg("--admin-tokens")
-        .arg(tokens)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let (check, admin) = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "serve exited before listening"
-        );
-        if let Some(rest) = line.split("listening check=").nth(1) {
-            let (c, a) = rest.trim().split_once(" admin=").unwrap();
-            break (c.parse().unwrap(), a.parse().unwrap());
-        }
-    };
-    // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in stderr.lines() {});
-    Process { child, check, admin }
-}
-
-async fn ready(p: &Process) {
-    for _ in 0..1000 {
-        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), support::try_get(p.check, "/readyz")).await
-            && r.status == 200
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("not ready");
+    Process::serve(&[
+        "--data-dir".as_ref(),
+        dir.as_os_str(),
+        "--admin-tokens".as_ref(),
+        tokens.as_os_str(),
+    ])
 }
 
 /// `(subject, guardian)` of each generated family; numbers made at run time.
@@ -90,7 +42,7 @@ async fn every_acknowledged_write_survives_sigkill() {
     let fams = families(300);
 
     let p = start(&data, &tokens);
-    ready(&p).await;
+    p.ready().await;
     let body: String = fams
         .iter()
         .map(|(k, g)| format!("{}\n", json!({"id": k, "protected": false, "guardians": [g]})))
@@ -168,8 +120,7 @@ async fn every_acknowledged_write_survives_sigkill() {
     // Kill while the seals flow and, usually, while the import streams.
     tokio::time::sleep(Duration::from_millis(150)).await;
     let mut p = p;
-    p.child.kill().unwrap(); // SIGKILL
-    p.child.wait().unwrap();
+    p.kill();
     for w in writers {
         w.await.unwrap();
     }
@@ -180,7 +131,7 @@ async fn every_acknowledged_write_survives_sigkill() {
 
     // Restart on the same directory.
     let p2 = start(&data, &tokens);
-    ready(&p2).await;
+    p2.ready().await;
     let status = support::get(p2.check, "/v1/status", &[]).await.json();
     assert!(status["revision"].as_u64().unwrap() >= max_revision, "{status}");
     let auth = format!("Bearer {AUDITOR}");
@@ -228,8 +179,7 @@ async fn every_acknowledged_write_survives_sigkill() {
         assert!(first, "an acknowledged import survives");
     }
     let mut p2 = p2;
-    p2.child.kill().unwrap();
-    p2.child.wait().unwrap();
+    p2.kill();
 
     // The database itself is intact.
     let db = rusqlite::Connection::open(data.join(guardian_access::store::SQLITE_FILE)).unwrap();

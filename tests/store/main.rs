@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod cases;
+#[path = "../support/pg.rs"]
+mod pg;
 
 use guardian_access::store::Store;
 
@@ -59,4 +61,61 @@ async fn sqlite_audit_entries_can_never_change() {
     let audit = store.audit_of(cases::pid(cases::KID)).await.unwrap();
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0].actor, "Kontaktcenter");
+}
+
+/// The same cases against a throwaway PostgreSQL, one database each.
+mod postgres {
+    use guardian_access::store::Store;
+
+    use super::{cases, pg};
+
+    #[tokio::test]
+    async fn every_case_holds_on_postgres_too() {
+        let Some(cluster) = pg::Cluster::start() else { return };
+        let mut n = 0;
+        let mut db = async || {
+            n += 1;
+            Store::open_postgres(&cluster.database(&format!("case{n}")).await)
+                .await
+                .unwrap()
+        };
+        cases::revisions_are_gapless_and_every_write_is_audited(db().await).await;
+        cases::a_block_must_name_a_registered_guardian(db().await).await;
+        cases::lifting_follows_the_rules(db().await).await;
+        cases::urgent_restrictions_wait_for_their_form(db().await).await;
+        cases::an_import_is_all_or_nothing(db().await).await;
+        let url = cluster.database("reopen").await;
+        cases::the_revision_and_everything_survive_reopening(async || Store::open_postgres(&url).await.unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_audit_entries_can_never_change() {
+        let Some(cluster) = pg::Cluster::start() else { return };
+        let url = cluster.database("audit").await;
+        let store = Store::open_postgres(&url).await.unwrap();
+        cases::import(&store, vec![cases::family()], true).await.unwrap();
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        for sql in [
+            "UPDATE audit SET actor = 'someone else'",
+            "DELETE FROM audit",
+            "TRUNCATE audit",
+            "UPDATE person_history SET protected = true",
+            "DELETE FROM person_history",
+        ] {
+            let e = client.batch_execute(sql).await.unwrap_err();
+            let msg = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+            assert!(msg.contains("never changed or removed"), "{sql}: {msg}");
+        }
+        assert_eq!(store.audit_of(cases::pid(cases::KID)).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_fleet_starting_at_once_migrates_once() {
+        let Some(cluster) = pg::Cluster::start() else { return };
+        let url = cluster.database("migrate").await;
+        let opened = futures_util::future::join_all((0..6).map(|_| Store::open_postgres(&url))).await;
+        let ids: std::collections::HashSet<String> = opened.into_iter().map(|s| s.unwrap().id().to_owned()).collect();
+        assert_eq!(ids.len(), 1, "one store, one id");
+    }
 }

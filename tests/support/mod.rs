@@ -5,6 +5,11 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod pg;
+#[cfg(test)]
+pub mod process;
+#[cfg(test)]
+#[allow(unused_imports)]
+pub use process::Process;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
