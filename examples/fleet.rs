@@ -69,13 +69,15 @@ async fn run(cluster: &support::pg::Cluster, nodes: usize, writes: usize) {
         };
         fleet.push(support::Instance::start(Store::open_postgres(&url).await.unwrap(), config).await);
     }
-    let mut next = fleet[0].revision() + 1;
+    let first = fleet[0].revision() + 1;
     let mut per_node = Vec::new();
     let mut every_node = Vec::new();
     let mut writes_latency = Vec::new();
     let mut from_send = Vec::new();
     let pace = Duration::from_millis(20);
     for n in 0..writes {
+        // One writer: the write's revision is known before it is sent.
+        let next = first + n as u64;
         let started = Clock::now();
         // Watch every node for the revision this write will get.
         let watchers: Vec<_> = fleet
@@ -113,7 +115,6 @@ async fn run(cluster: &support::pg::Cluster, nodes: usize, writes: usize) {
         }
         every_node.push(slowest);
         from_send.push(last_seen.max(acked) - t0);
-        next += 1;
         if let Some(rest) = pace.checked_sub(started.elapsed()) {
             tokio::time::sleep(rest).await;
         }
