@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -t guardian-access .
-# Run:   docker run --rm -p 7070:7070 guardian-access                 (the demo region)
-#        docker run --rm guardian-access check --actor 197701012382 --subject 201509162390
+# Run:   docker run --rm -p 7070:7070 -p 7071:7071 guardian-access    (the demo region, throwaway store)
+#        docker run -v ga-data:/app/data -v /etc/guardian-access:/etc/guardian-access:ro -p 7070:7070 -p 7071:7071 \
+#            guardian-access serve --admin-tokens /etc/guardian-access/tokens.json --config /etc/guardian-access/region.toml
+#        docker run --rm guardian-access check --scenario fixtures/demo.json --actor 197701012382 --subject 201509162390
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
@@ -21,16 +23,22 @@ COPY fixtures ./fixtures
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin guardian-access
 
 FROM debian:bookworm-slim AS runtime
-RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin guardian
+RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin guardian \
+    && mkdir -p /app/data \
+    && chown 10001:10001 /app/data
 WORKDIR /app
 COPY --from=build /src/target/release/guardian-access /usr/local/bin/guardian-access
 COPY fixtures/demo.json ./fixtures/demo.json
 USER 10001:10001
-# Inside a container the listener must bind every interface.
-ENV GUARDIAN_ACCESS_CHECK_ADDR=0.0.0.0:7070
-# The check listener, and the admin listener the write path adds (SPEC §6).
+# Inside a container the listeners must bind every interface.
+ENV GUARDIAN_ACCESS_CHECK_ADDR=0.0.0.0:7070 \
+    GUARDIAN_ACCESS_ADMIN_ADDR=0.0.0.0:7071 \
+    GUARDIAN_ACCESS_DATA_DIR=/app/data
+# The embedded store and the snapshot files: keep them on a volume.
+VOLUME ["/app/data"]
+# The check listener and the admin listener (SPEC §6).
 EXPOSE 7070 7071
-# SIGTERM: stop accepting, finish in-flight requests, exit.
+# SIGTERM: stop accepting, finish in-flight requests, close the store, exit.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/guardian-access"]
 CMD ["serve", "--demo"]
