@@ -499,12 +499,21 @@ async fn attains_16(admin: &Admin, subject: Pid) -> Result<Option<Instant>, ApiE
     Ok(birth.and_then(|b| time::attains_age(b, s.own_journal_age, s.leap_day, &admin.tz)))
 }
 
-/// The unit a token may write as: a `unit` token only as its own unit.
-fn acting_unit(caller: &Caller, unit: &HsaId) -> Result<(), ApiError> {
-    match (&caller.role, &caller.unit) {
-        (Role::Unit, Some(own)) if own != unit => Err(wrong_unit("a unit token writes only as its own unit")),
-        _ => Ok(()),
+/// Every write names the unit it is made for and who decided: the
+/// `issuing_unit` (a `unit` token only as its own unit) and `decided_by`.
+fn acting_as(f: &Fields<'_>, caller: &Caller) -> Result<(HsaId, Value), ApiError> {
+    let unit = f
+        .hsa("issuing_unit")?
+        .ok_or_else(|| ApiError::invalid_request("issuing_unit", "is required"))?;
+    if let (Role::Unit, Some(own)) = (&caller.role, &caller.unit)
+        && *own != unit
+    {
+        return Err(wrong_unit("a unit token writes only as its own unit"));
     }
+    let decided_by = f
+        .person("decided_by", DECIDED_BY)?
+        .ok_or_else(|| ApiError::invalid_request("decided_by", "is required"))?;
+    Ok((unit, decided_by))
 }
 
 async fn create(
@@ -589,13 +598,7 @@ async fn create(
             ));
         }
     }
-    let issuing_unit = f
-        .hsa("issuing_unit")?
-        .ok_or_else(|| ApiError::invalid_request("issuing_unit", "is required"))?;
-    acting_unit(caller, &issuing_unit)?;
-    let decided_by = f
-        .person("decided_by", DECIDED_BY)?
-        .ok_or_else(|| ApiError::invalid_request("decided_by", "is required"))?;
+    let (issuing_unit, decided_by) = acting_as(&f, caller)?;
     let urgent = f.bool("urgent")?.unwrap_or(false);
     let requested_by = f.person("requested_by", REQUESTED_BY)?;
     if urgent && family == Family::Grant {
@@ -692,13 +695,7 @@ async fn lift(
     body: &Map<String, Value>,
 ) -> Result<AdminAnswer, ApiError> {
     let f = Fields::new(body, LIFT_FIELDS)?;
-    let issuing_unit = f
-        .hsa("issuing_unit")?
-        .ok_or_else(|| ApiError::invalid_request("issuing_unit", "is required"))?;
-    acting_unit(caller, &issuing_unit)?;
-    let decided_by = f
-        .person("decided_by", DECIDED_BY)?
-        .ok_or_else(|| ApiError::invalid_request("decided_by", "is required"))?;
+    let (issuing_unit, decided_by) = acting_as(&f, caller)?;
     let basis = f.required("basis", MAX_TEXT)?;
     let threat = f.bool("threat_assessment_done")?;
     // Lifting a restriction gives access back: only after the head of unit
@@ -737,15 +734,10 @@ async fn confirm(
     body: &Map<String, Value>,
 ) -> Result<AdminAnswer, ApiError> {
     let f = Fields::new(body, CONFIRM_FIELDS)?;
-    let issuing_unit = f
-        .hsa("issuing_unit")?
-        .ok_or_else(|| ApiError::invalid_request("issuing_unit", "is required"))?;
-    acting_unit(caller, &issuing_unit)?;
+    let (issuing_unit, decided_by) = acting_as(&f, caller)?;
     let req = ConfirmRequest {
         issuing_unit,
-        decided_by: f
-            .person("decided_by", DECIDED_BY)?
-            .ok_or_else(|| ApiError::invalid_request("decided_by", "is required"))?,
+        decided_by,
         form_reference: f.required("form_reference", MAX_SHORT)?.to_owned(),
     };
     let committed = admin

@@ -128,16 +128,7 @@ impl Node {
     /// Starts following `store` and publishing into `state`. Returns at once;
     /// checks answer `503` until the bootstrap has caught up.
     pub fn start(store: Store, state: Arc<State>, settings: Arc<Settings>, config: NodeConfig) -> Node {
-        let (stop, _) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            store,
-            state,
-            settings,
-            config,
-            kick: Notify::new(),
-            wake: Arc::new(Notify::new()),
-            stop,
-        });
+        let shared = Arc::new(Shared::new(store, state, settings, config));
         shared
             .state
             .sync
@@ -200,16 +191,8 @@ impl Node {
 /// the command line.
 pub async fn load_once(store: Store, settings: Arc<Settings>, config: NodeConfig) -> Result<Snapshot, NodeError> {
     let state = Arc::new(State::new(crate::server::ListenerConfig::default(), "command line"));
-    let shared = Shared {
-        store,
-        state,
-        settings,
-        config,
-        kick: Notify::new(),
-        wake: Arc::new(Notify::new()),
-        stop: watch::channel(false).0,
-    };
-    let (snap, _) = shared.initial().await?;
+    let shared = Shared::new(store, state, settings, config);
+    let snap = shared.initial().await?;
     shared.catch_up(snap).await
 }
 
@@ -233,6 +216,18 @@ fn build(loaded: Loaded, settings: Arc<Settings>) -> Result<Snapshot, BuildError
 }
 
 impl Shared {
+    fn new(store: Store, state: Arc<State>, settings: Arc<Settings>, config: NodeConfig) -> Shared {
+        Shared {
+            store,
+            state,
+            settings,
+            config,
+            kick: Notify::new(),
+            wake: Arc::new(Notify::new()),
+            stop: watch::channel(false).0,
+        }
+    }
+
     fn stopping(&self) -> bool {
         *self.stop.borrow()
     }
@@ -259,7 +254,7 @@ impl Shared {
     }
 
     /// The snapshot to start from: our own file, a peer's, or a full build.
-    async fn initial(&self) -> Result<(Snapshot, bool), NodeError> {
+    async fn initial(&self) -> Result<Snapshot, NodeError> {
         if let Some(dir) = &self.config.data_dir
             && let Err(e) = tokio::fs::create_dir_all(dir).await
         {
@@ -269,7 +264,7 @@ impl Shared {
             match self.read_file(&path).await {
                 Ok(s) => {
                     info!(revision = s.revision(), "loaded the snapshot file");
-                    return Ok((s, false));
+                    return Ok(s);
                 }
                 Err(SnapFileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => warn!(error = %e, "the snapshot file is refused; it will be rebuilt"),
@@ -279,7 +274,7 @@ impl Shared {
                     Ok(()) => match self.read_file(&path).await {
                         Ok(s) => {
                             info!(revision = s.revision(), peer = %peer.url, "loaded a peer's snapshot file");
-                            return Ok((s, false));
+                            return Ok(s);
                         }
                         Err(e) => warn!(error = %e, peer = %peer.url, "a peer's snapshot file is refused"),
                     },
@@ -287,7 +282,7 @@ impl Shared {
                 }
             }
         }
-        Ok((self.rebuild().await?, true))
+        self.rebuild().await
     }
 
     async fn read_file(&self, path: &Path) -> Result<Snapshot, SnapFileError> {
@@ -430,13 +425,13 @@ async fn wait(
 async fn run(shared: Arc<Shared>) {
     // Bootstrap: retry until the store answers; checks answer 503 meanwhile.
     let mut backoff = Duration::from_millis(100);
-    let (mut current, built) = loop {
+    let mut current = loop {
         if shared.stopping() {
             return;
         }
         let attempt = async {
-            let (snap, built) = shared.initial().await?;
-            Ok::<_, NodeError>((shared.catch_up(snap).await?, built))
+            let snap = shared.initial().await?;
+            shared.catch_up(snap).await
         };
         match attempt.await {
             Ok(s) => break s,
@@ -455,7 +450,11 @@ async fn run(shared: Arc<Shared>) {
     shared.publish(current.clone());
     let mut fold: Option<Fold> = None;
     let mut last_checkpoint = std::time::Instant::now();
-    if built || current.overlay_len() > 0 {
+    // Anything built from the store (at bootstrap or when too much changed)
+    // is written as a checkpoint, so the next start need not build again.
+    let rebuilds = || shared.state.sync.rebuilds.load(Relaxed);
+    let mut checkpointed_rebuilds = rebuilds();
+    if checkpointed_rebuilds > 0 || current.overlay_len() > 0 {
         fold = Some(shared.fold_in_background(current.clone()));
     }
 
@@ -510,7 +509,9 @@ async fn run(shared: Arc<Shared>) {
         }
 
         let due = current.overlay_len() > 0 && last_checkpoint.elapsed() >= shared.config.checkpoint_every;
-        if fold.is_none() && (current.overlay_len() >= shared.config.fold_at || due) {
+        let rebuilt = rebuilds() != checkpointed_rebuilds;
+        if fold.is_none() && (current.overlay_len() >= shared.config.fold_at || due || rebuilt) {
+            checkpointed_rebuilds = rebuilds();
             fold = Some(shared.fold_in_background(current.clone()));
         }
     }

@@ -313,6 +313,21 @@ mod tests {
     use crate::testing::{build, pid};
     use crate::time::Instant;
 
+    /// A seal on `subject` from `from`, with id `id`.
+    fn seal(id: u64, subject: Pid, from: i64) -> Rule {
+        Rule {
+            id: crate::model::RuleId(id),
+            kind: crate::model::RuleKind::Seal,
+            subject,
+            guardian: None,
+            services: crate::model::Services::JOURNAL,
+            valid_from: Instant::from_nanos(from),
+            valid_until: None,
+            lifted_at: None,
+            care_units: None,
+        }
+    }
+
     #[test]
     fn snapshot_refuses_people_built_under_other_age_settings() {
         let people = Arc::new(build(PeopleBuilder::new()));
@@ -334,17 +349,7 @@ mod tests {
     #[test]
     fn rules_are_grouped_by_subject_in_start_order() {
         let (a, b) = (pid("201509162390"), pid("201801012392"));
-        let rule = |id, subject, from: i64| Rule {
-            id: crate::model::RuleId(id),
-            kind: crate::model::RuleKind::Seal,
-            subject,
-            guardian: None,
-            services: crate::model::Services::JOURNAL,
-            valid_from: Instant::from_nanos(from),
-            valid_until: None,
-            lifted_at: None,
-            care_units: None,
-        };
+        let rule = seal;
         let rules = Rules::new(vec![rule(1, a, 30), rule(2, b, 10), rule(3, a, 20)]);
         let ids: Vec<u64> = rules.for_subject(a).iter().map(|r| r.id.0).collect();
         assert_eq!(ids, vec![3, 1]);
@@ -355,17 +360,7 @@ mod tests {
     #[test]
     fn rules_apply_replaces_by_id_and_fold_keeps_every_rule() {
         let (a, b) = (pid("201509162390"), pid("201801012392"));
-        let rule = |id, subject, from: i64| Rule {
-            id: crate::model::RuleId(id),
-            kind: crate::model::RuleKind::Seal,
-            subject,
-            guardian: None,
-            services: crate::model::Services::JOURNAL,
-            valid_from: Instant::from_nanos(from),
-            valid_until: None,
-            lifted_at: None,
-            care_units: None,
-        };
+        let rule = seal;
         let base = Rules::new(vec![rule(1, a, 30), rule(2, b, 10)]);
         let mut lifted = rule(1, a, 30);
         lifted.lifted_at = Some(Instant::from_nanos(40));

@@ -739,3 +739,106 @@ async fn a_check_can_ask_to_read_its_writes() {
     assert_eq!(r.status, 503);
     i.stop().await;
 }
+
+#[tokio::test]
+async fn a_growing_overlay_is_folded_in_the_background_with_the_same_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(dir.path()).await.unwrap();
+    let config = guardian_access::node::NodeConfig {
+        fold_at: 3,
+        ..quick_node(Some(dir.path().to_owned()))
+    };
+    let i = Instance::start(store, config).await;
+    assert_eq!(i.admin_post(POPULATION, "/v1/population", &family()).await.status, 200);
+    let before = support::get(i.check, "/v1/status", &[]).await.json()["store"]["folds"]
+        .as_u64()
+        .unwrap();
+    // Restrictions on three subjects and a population change: past fold_at.
+    for subject in [KID, TEEN, STRANGER] {
+        let mut b = block(None);
+        b["subject"] = subject.into();
+        assert_eq!(
+            i.admin_post(REGISTRAR, "/v1/restrictions", &b.to_string()).await.status,
+            201
+        );
+    }
+    let mut folded = Value::Null;
+    for _ in 0..200 {
+        folded = support::get(i.check, "/v1/status", &[]).await.json();
+        if folded["store"]["folds"].as_u64().unwrap() > before && folded["overlay"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(folded["store"]["folds"].as_u64().unwrap() > before, "{folded}");
+    assert_eq!(folded["overlay"], 0, "{folded}");
+    assert_eq!(folded["rules"], 3);
+    assert_eq!(now_check(&i, MOTHER, KID, "journal").await["reason"], "blocked");
+    assert_eq!(now_check(&i, TEEN_G1, TEEN, "journal").await["reason"], "aged_out");
+    // Writes after the fold land on the new base.
+    let r = i
+        .admin_post(
+            UNIT_TOKEN,
+            "/v1/restrictions/2/lift",
+            &json!({"issuing_unit": UNIT, "decided_by": {"name": "x"}, "basis": "y", "threat_assessment_done": true})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(now_check(&i, MOTHER, KID, "journal").await["reason"], "guardian");
+    i.stop().await;
+}
+
+#[tokio::test]
+async fn an_import_too_big_for_an_overlay_is_rebuilt_and_checkpointed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || guardian_access::node::NodeConfig {
+        max_delta_persons: 10,
+        ..quick_node(Some(dir.path().to_owned()))
+    };
+    let i = Instance::start(Store::open_sqlite(dir.path()).await.unwrap(), config()).await;
+    let status = || async { support::get(i.check, "/v1/status", &[]).await.json() };
+    let at_start = status().await;
+    let mut body = family();
+    for n in 0..30u16 {
+        let kid = support::pid(2016, 7, 1 + (n % 28) as u8, 1 + n);
+        let parent = support::pid(1986, 7, 1 + (n % 28) as u8, 1 + n);
+        body.push_str(&format!(
+            "{}\n",
+            json!({"id": kid.to_string(), "protected": false, "guardians": [parent.to_string()]})
+        ));
+    }
+    let r = i.admin_post(POPULATION, "/v1/population", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let revision = r.json()["revision"].as_u64().unwrap();
+    assert_eq!(
+        now_check(&i, MOTHER, KID, "journal").await["reason"],
+        "guardian",
+        "visible at once"
+    );
+    let mut s = Value::Null;
+    for _ in 0..200 {
+        s = status().await;
+        if s["store"]["checkpoints"].as_u64() > at_start["store"]["checkpoints"].as_u64() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        s["store"]["rebuilds"].as_u64() > at_start["store"]["rebuilds"].as_u64(),
+        "rebuilt, not overlaid: {s}"
+    );
+    assert!(
+        s["store"]["checkpoints"].as_u64() > at_start["store"]["checkpoints"].as_u64(),
+        "and checkpointed: {s}"
+    );
+    i.stop().await;
+    let i = Instance::start(Store::open_sqlite(dir.path()).await.unwrap(), config()).await;
+    let s = support::get(i.check, "/v1/status", &[]).await.json();
+    assert_eq!(
+        (s["revision"].as_u64(), s["store"]["rebuilds"].as_u64()),
+        (Some(revision), Some(0)),
+        "{s}"
+    );
+    i.stop().await;
+}

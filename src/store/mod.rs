@@ -17,12 +17,13 @@
 //!   refuses `UPDATE` and `DELETE` by trigger.
 //! - The checks that need stored data (is this guardian registered, did this
 //!   unit issue it, is it lifted already) run inside the write transaction,
-//!   through [`plan_lift`] and [`plan_confirm`], which both backends share.
+//!   through [`RuleUpdate`] and the creation path, which both backends share.
 //!
 //! Writes return only after the commit is durable (SQLite: WAL with
 //! `synchronous = FULL`; PostgreSQL: `synchronous_commit` on).
 
 pub mod postgres;
+mod schema;
 pub mod sqlite;
 
 use std::path::Path;
@@ -323,9 +324,65 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// A change to a stored restriction or grant (a lift or a confirmation):
+/// what to check against the stored rule, which columns record it, and what
+/// the audit trail says. Both backends apply it the same way.
+#[derive(Debug)]
+pub struct RuleUpdate {
+    action: &'static str,
+    at_column: &'static str,
+    record_column: &'static str,
+    detail: Value,
+    plan: Plan,
+}
+
+#[derive(Debug)]
+enum Plan {
+    Lift(LiftRequest),
+    Confirm(ConfirmRequest),
+}
+
+impl RuleUpdate {
+    /// Lifting: `lifted_at` and the lift record.
+    pub fn lift(req: LiftRequest) -> RuleUpdate {
+        RuleUpdate {
+            action: "lift",
+            at_column: "lifted_at",
+            record_column: "lift",
+            detail: lift_detail(&req),
+            plan: Plan::Lift(req),
+        }
+    }
+
+    /// Confirming: `confirmed_at` and the confirmation record.
+    pub fn confirm(req: ConfirmRequest) -> RuleUpdate {
+        RuleUpdate {
+            action: "confirm",
+            at_column: "confirmed_at",
+            record_column: "confirmation",
+            detail: confirm_detail(&req),
+            plan: Plan::Confirm(req),
+        }
+    }
+
+    fn check(&self, stored: Option<&StoredRule>) -> Result<(), StoreError> {
+        match &self.plan {
+            Plan::Lift(r) => plan_lift(stored, r),
+            Plan::Confirm(r) => plan_confirm(stored, r),
+        }
+    }
+
+    /// The record stored on the rule: the audit detail and who wrote it.
+    fn record(&self, by: &Caller) -> Value {
+        let mut record = self.detail.clone();
+        record["by"] = Value::from(by.name.clone());
+        record
+    }
+}
+
 /// Decides a lift against the stored rule: every check SPEC §5 asks for,
 /// the same in both backends.
-pub fn plan_lift(stored: Option<&StoredRule>, req: &LiftRequest) -> Result<(), StoreError> {
+fn plan_lift(stored: Option<&StoredRule>, req: &LiftRequest) -> Result<(), StoreError> {
     let stored = stored.ok_or(StoreError::NotFound)?;
     if Family::of(stored.rule.kind) != req.family {
         return Err(StoreError::NotFound);
@@ -340,7 +397,7 @@ pub fn plan_lift(stored: Option<&StoredRule>, req: &LiftRequest) -> Result<(), S
 }
 
 /// Decides a confirmation against the stored rule.
-pub fn plan_confirm(stored: Option<&StoredRule>, req: &ConfirmRequest) -> Result<(), StoreError> {
+fn plan_confirm(stored: Option<&StoredRule>, req: &ConfirmRequest) -> Result<(), StoreError> {
     let stored = stored.ok_or(StoreError::NotFound)?;
     if Family::of(stored.rule.kind) != Family::Restriction {
         return Err(StoreError::NotFound);
@@ -544,7 +601,7 @@ pub fn rule_detail(new: &NewRule) -> Value {
 }
 
 /// What the audit trail records about a lift.
-pub fn lift_detail(req: &LiftRequest) -> Value {
+fn lift_detail(req: &LiftRequest) -> Value {
     serde_json::json!({
         "issuing_unit": req.issuing_unit.as_str(),
         "decided_by": req.decided_by,
@@ -554,7 +611,7 @@ pub fn lift_detail(req: &LiftRequest) -> Value {
 }
 
 /// What the audit trail records about a confirmation.
-pub fn confirm_detail(req: &ConfirmRequest) -> Value {
+fn confirm_detail(req: &ConfirmRequest) -> Value {
     serde_json::json!({
         "issuing_unit": req.issuing_unit.as_str(),
         "decided_by": req.decided_by,
@@ -649,19 +706,19 @@ impl Store {
 
     /// Lifts a restriction or grant.
     pub async fn lift(&self, id: RuleId, req: LiftRequest, by: &Caller) -> Result<Committed, StoreError> {
-        let by = by.clone();
-        match self {
-            Store::Sqlite(s) => s.run(move |s| s.lift(id, &req, &by)).await,
-            Store::Postgres(s) => s.lift(id, &req, &by).await,
-        }
+        self.update_rule(id, RuleUpdate::lift(req), by).await
     }
 
     /// Records the signed form of an urgent restriction.
     pub async fn confirm(&self, id: RuleId, req: ConfirmRequest, by: &Caller) -> Result<Committed, StoreError> {
+        self.update_rule(id, RuleUpdate::confirm(req), by).await
+    }
+
+    async fn update_rule(&self, id: RuleId, update: RuleUpdate, by: &Caller) -> Result<Committed, StoreError> {
         let by = by.clone();
         match self {
-            Store::Sqlite(s) => s.run(move |s| s.confirm(id, &req, &by)).await,
-            Store::Postgres(s) => s.confirm(id, &req, &by).await,
+            Store::Sqlite(s) => s.run(move |s| s.update_rule(id, &update, &by)).await,
+            Store::Postgres(s) => s.update_rule(id, &update, &by).await,
         }
     }
 

@@ -24,9 +24,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio_postgres::{IsolationLevel, NoTls, Row};
 
 use super::{
-    AuditEntry, Caller, Changes, Committed, ConfirmRequest, ImportMsg, Imported, LiftRequest, Loaded, NewRule,
-    PersonRow, RULE_COLUMNS, RuleRow, StoreError, StoredPerson, StoredRule, confirm_detail, create_action,
-    guardians_text, lift_detail, now, parse_json, plan_confirm, plan_lift, rule_detail, stored_pid, units_text,
+    AuditEntry, Caller, Changes, Committed, ImportMsg, Imported, Loaded, NewRule, PersonRow, RULE_COLUMNS, RuleRow,
+    RuleUpdate, StoreError, StoredPerson, StoredRule, create_action, guardians_text, now, parse_json, rule_detail,
+    stored_pid, units_text,
 };
 use crate::identity::Pid;
 use crate::model::RuleId;
@@ -35,86 +35,6 @@ use crate::time::Instant;
 
 /// The channel `pg_notify` wakes followers on.
 pub const CHANNEL: &str = "guardian_access";
-
-const MIGRATIONS: &[&str] = &[r#"
-CREATE TABLE meta (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    store_id TEXT NOT NULL,
-    revision BIGINT NOT NULL
-);
-CREATE TABLE changes (
-    revision BIGINT PRIMARY KEY,
-    at BIGINT NOT NULL,
-    kind TEXT NOT NULL,
-    persons BIGINT NOT NULL,
-    rules BIGINT NOT NULL
-);
-CREATE TABLE persons (
-    id BIGINT PRIMARY KEY,
-    birth_date TEXT,
-    protected BOOLEAN NOT NULL,
-    guardians TEXT NOT NULL,
-    revision BIGINT NOT NULL
-);
-CREATE TABLE person_history (
-    revision BIGINT NOT NULL,
-    seq BIGINT NOT NULL,
-    id BIGINT NOT NULL,
-    birth_date TEXT,
-    protected BOOLEAN NOT NULL,
-    guardians TEXT NOT NULL,
-    PRIMARY KEY (revision, seq)
-);
-CREATE INDEX person_history_by_person ON person_history (id, revision);
-CREATE TABLE rules (
-    id BIGINT PRIMARY KEY,
-    kind TEXT NOT NULL CHECK (kind IN ('block', 'seal', 'extended_access', 'early_access')),
-    subject BIGINT NOT NULL,
-    guardian BIGINT,
-    services BIGINT NOT NULL,
-    valid_from BIGINT NOT NULL,
-    valid_until BIGINT,
-    lifted_at BIGINT,
-    care_units TEXT,
-    issuing_unit TEXT NOT NULL,
-    decided_by TEXT NOT NULL,
-    requested_by TEXT,
-    basis TEXT NOT NULL,
-    urgent BOOLEAN NOT NULL,
-    reference TEXT,
-    created_at BIGINT NOT NULL,
-    created_by TEXT NOT NULL,
-    confirmed_at BIGINT,
-    confirmation TEXT,
-    lift TEXT,
-    revision BIGINT NOT NULL
-);
-CREATE INDEX rules_by_subject ON rules (subject);
-CREATE INDEX rules_by_revision ON rules (revision);
-CREATE TABLE audit (
-    revision BIGINT PRIMARY KEY,
-    at BIGINT NOT NULL,
-    actor TEXT NOT NULL,
-    role TEXT NOT NULL,
-    action TEXT NOT NULL,
-    subject BIGINT,
-    rule_id BIGINT,
-    detail TEXT NOT NULL
-);
-CREATE INDEX audit_by_subject ON audit (subject, revision);
-CREATE FUNCTION guardian_access_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION '% entries are never changed or removed', TG_TABLE_NAME;
-END $$;
-CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit
-    FOR EACH ROW EXECUTE FUNCTION guardian_access_append_only();
-CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
-    FOR EACH STATEMENT EXECUTE FUNCTION guardian_access_append_only();
-CREATE TRIGGER person_history_append_only BEFORE UPDATE OR DELETE ON person_history
-    FOR EACH ROW EXECUTE FUNCTION guardian_access_append_only();
-CREATE TRIGGER person_history_no_truncate BEFORE TRUNCATE ON person_history
-    FOR EACH STATEMENT EXECUTE FUNCTION guardian_access_append_only();
-"#];
 
 /// A fixed key for the advisory lock that serializes migrations when many
 /// instances start at once.
@@ -221,11 +141,12 @@ impl PgStore {
             .await
             .map_err(pg)?;
         let current: i64 = col(&row, 0)?;
-        let known = MIGRATIONS.len() as i64;
+        let migrations = super::schema::migrations(super::schema::Dialect::Postgres);
+        let known = migrations.len() as i64;
         if current > known {
             return Err(StoreError::Schema(current, known));
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        for (i, sql) in migrations.iter().enumerate().skip(current as usize) {
             tx.batch_execute(sql).await.map_err(pg)?;
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
@@ -326,44 +247,20 @@ impl PgStore {
         .await
     }
 
-    /// See [`super::Store::lift`].
-    pub async fn lift(&self, id: RuleId, req: &LiftRequest, by: &Caller) -> Result<Committed, StoreError> {
+    /// See [`super::Store::lift`] and [`super::Store::confirm`]: one
+    /// transaction that checks the stored rule (locked) and records the change.
+    pub async fn update_rule(&self, id: RuleId, update: &RuleUpdate, by: &Caller) -> Result<Committed, StoreError> {
         self.write(async |tx, revision, at| {
             let stored = get_rule(tx, id).await?;
-            plan_lift(stored.as_ref(), req)?;
-            let detail = lift_detail(req);
-            let mut lift = detail.clone();
-            lift["by"] = Value::from(by.name.clone());
+            update.check(stored.as_ref())?;
             tx.execute(
-                "UPDATE rules SET lifted_at = $1, lift = $2, revision = $3 WHERE id = $4",
-                &[&at.as_nanos(), &lift.to_string(), &(revision as i64), &(id.0 as i64)],
-            )
-            .await
-            .map_err(pg)?;
-            change(tx, revision, at, "rule", 0, 1).await?;
-            let subject = stored.map(|s| s.rule.subject);
-            audit(tx, revision, at, by, "lift", subject, Some(id.0), &detail).await?;
-            Ok(Committed {
-                revision,
-                rule_id: Some(id),
-            })
-        })
-        .await
-    }
-
-    /// See [`super::Store::confirm`].
-    pub async fn confirm(&self, id: RuleId, req: &ConfirmRequest, by: &Caller) -> Result<Committed, StoreError> {
-        self.write(async |tx, revision, at| {
-            let stored = get_rule(tx, id).await?;
-            plan_confirm(stored.as_ref(), req)?;
-            let detail = confirm_detail(req);
-            let mut confirmation = detail.clone();
-            confirmation["by"] = Value::from(by.name.clone());
-            tx.execute(
-                "UPDATE rules SET confirmed_at = $1, confirmation = $2, revision = $3 WHERE id = $4",
+                &format!(
+                    "UPDATE rules SET {} = $1, {} = $2, revision = $3 WHERE id = $4",
+                    update.at_column, update.record_column
+                ),
                 &[
                     &at.as_nanos(),
-                    &confirmation.to_string(),
+                    &update.record(by).to_string(),
                     &(revision as i64),
                     &(id.0 as i64),
                 ],
@@ -372,7 +269,7 @@ impl PgStore {
             .map_err(pg)?;
             change(tx, revision, at, "rule", 0, 1).await?;
             let subject = stored.map(|s| s.rule.subject);
-            audit(tx, revision, at, by, "confirm", subject, Some(id.0), &detail).await?;
+            audit(tx, revision, at, by, update.action, subject, Some(id.0), &update.detail).await?;
             Ok(Committed {
                 revision,
                 rule_id: Some(id),

@@ -14,91 +14,14 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::{
-    AuditEntry, Caller, Changes, Committed, ConfirmRequest, ImportMsg, Imported, LiftRequest, Loaded, NewRule,
-    PersonRow, RULE_COLUMNS, RuleRow, StoreError, StoredPerson, StoredRule, confirm_detail, create_action,
-    guardians_text, lift_detail, now, parse_json, plan_confirm, plan_lift, rule_detail, stored_pid, units_text,
+    AuditEntry, Caller, Changes, Committed, ImportMsg, Imported, Loaded, NewRule, PersonRow, RULE_COLUMNS, RuleRow,
+    RuleUpdate, StoreError, StoredPerson, StoredRule, create_action, guardians_text, now, parse_json, rule_detail,
+    stored_pid, units_text,
 };
 use crate::identity::Pid;
 use crate::model::RuleId;
 use crate::people::{PeopleBuilder, PersonRecord};
 use crate::time::Instant;
-
-/// The schema, one entry per version; never edit a released entry, add one.
-const MIGRATIONS: &[&str] = &[r#"
-CREATE TABLE meta (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    store_id TEXT NOT NULL,
-    revision INTEGER NOT NULL
-);
-CREATE TABLE changes (
-    revision INTEGER PRIMARY KEY,
-    at INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    persons INTEGER NOT NULL,
-    rules INTEGER NOT NULL
-);
-CREATE TABLE persons (
-    id INTEGER PRIMARY KEY,
-    birth_date TEXT,
-    protected INTEGER NOT NULL,
-    guardians TEXT NOT NULL,
-    revision INTEGER NOT NULL
-);
-CREATE TABLE person_history (
-    revision INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    id INTEGER NOT NULL,
-    birth_date TEXT,
-    protected INTEGER NOT NULL,
-    guardians TEXT NOT NULL,
-    PRIMARY KEY (revision, seq)
-) WITHOUT ROWID;
-CREATE INDEX person_history_by_person ON person_history (id, revision);
-CREATE TABLE rules (
-    id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL CHECK (kind IN ('block', 'seal', 'extended_access', 'early_access')),
-    subject INTEGER NOT NULL,
-    guardian INTEGER,
-    services INTEGER NOT NULL,
-    valid_from INTEGER NOT NULL,
-    valid_until INTEGER,
-    lifted_at INTEGER,
-    care_units TEXT,
-    issuing_unit TEXT NOT NULL,
-    decided_by TEXT NOT NULL,
-    requested_by TEXT,
-    basis TEXT NOT NULL,
-    urgent INTEGER NOT NULL,
-    reference TEXT,
-    created_at INTEGER NOT NULL,
-    created_by TEXT NOT NULL,
-    confirmed_at INTEGER,
-    confirmation TEXT,
-    lift TEXT,
-    revision INTEGER NOT NULL
-);
-CREATE INDEX rules_by_subject ON rules (subject);
-CREATE INDEX rules_by_revision ON rules (revision);
-CREATE TABLE audit (
-    revision INTEGER PRIMARY KEY,
-    at INTEGER NOT NULL,
-    actor TEXT NOT NULL,
-    role TEXT NOT NULL,
-    action TEXT NOT NULL,
-    subject INTEGER,
-    rule_id INTEGER,
-    detail TEXT NOT NULL
-);
-CREATE INDEX audit_by_subject ON audit (subject, revision);
-CREATE TRIGGER audit_never_changes BEFORE UPDATE ON audit
-    BEGIN SELECT RAISE(ABORT, 'audit entries are never changed'); END;
-CREATE TRIGGER audit_never_removed BEFORE DELETE ON audit
-    BEGIN SELECT RAISE(ABORT, 'audit entries are never removed'); END;
-CREATE TRIGGER person_history_never_changes BEFORE UPDATE ON person_history
-    BEGIN SELECT RAISE(ABORT, 'history is never changed'); END;
-CREATE TRIGGER person_history_never_removed BEFORE DELETE ON person_history
-    BEGIN SELECT RAISE(ABORT, 'history is never removed'); END;
-"#];
 
 /// The embedded store. Cloning shares it.
 #[derive(Clone)]
@@ -203,11 +126,12 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let current: i64 = conn.query_row("SELECT coalesce(max(version), 0) FROM schema_migrations", [], |r| {
         r.get(0)
     })?;
-    let known = MIGRATIONS.len() as i64;
+    let migrations = super::schema::migrations(super::schema::Dialect::Sqlite);
+    let known = migrations.len() as i64;
     if current > known {
         return Err(StoreError::Schema(current, known));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+    for (i, sql) in migrations.iter().enumerate().skip(current as usize) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(sql)?;
         tx.execute(
@@ -488,43 +412,27 @@ impl Db {
         })
     }
 
-    /// See [`super::Store::lift`].
-    pub fn lift(&self, id: RuleId, req: &LiftRequest, by: &Caller) -> Result<Committed, StoreError> {
+    /// See [`super::Store::lift`] and [`super::Store::confirm`]: one
+    /// transaction that checks the stored rule and records the change.
+    pub fn update_rule(&self, id: RuleId, update: &RuleUpdate, by: &Caller) -> Result<Committed, StoreError> {
         self.write(|tx, revision, at| {
             let stored = get_rule(tx, id)?;
-            plan_lift(stored.as_ref(), req)?;
-            let detail = lift_detail(req);
-            let mut lift = detail.clone();
-            lift["by"] = Value::from(by.name.clone());
+            update.check(stored.as_ref())?;
             tx.execute(
-                "UPDATE rules SET lifted_at = ?1, lift = ?2, revision = ?3 WHERE id = ?4",
-                params![at.as_nanos(), lift.to_string(), revision as i64, id.0 as i64],
+                &format!(
+                    "UPDATE rules SET {} = ?1, {} = ?2, revision = ?3 WHERE id = ?4",
+                    update.at_column, update.record_column
+                ),
+                params![
+                    at.as_nanos(),
+                    update.record(by).to_string(),
+                    revision as i64,
+                    id.0 as i64
+                ],
             )?;
             change(tx, revision, at, "rule", 0, 1)?;
             let subject = stored.map(|s| s.rule.subject);
-            audit(tx, revision, at, by, "lift", subject, Some(id.0), &detail)?;
-            Ok(Committed {
-                revision,
-                rule_id: Some(id),
-            })
-        })
-    }
-
-    /// See [`super::Store::confirm`].
-    pub fn confirm(&self, id: RuleId, req: &ConfirmRequest, by: &Caller) -> Result<Committed, StoreError> {
-        self.write(|tx, revision, at| {
-            let stored = get_rule(tx, id)?;
-            plan_confirm(stored.as_ref(), req)?;
-            let detail = confirm_detail(req);
-            let mut confirmation = detail.clone();
-            confirmation["by"] = Value::from(by.name.clone());
-            tx.execute(
-                "UPDATE rules SET confirmed_at = ?1, confirmation = ?2, revision = ?3 WHERE id = ?4",
-                params![at.as_nanos(), confirmation.to_string(), revision as i64, id.0 as i64],
-            )?;
-            change(tx, revision, at, "rule", 0, 1)?;
-            let subject = stored.map(|s| s.rule.subject);
-            audit(tx, revision, at, by, "confirm", subject, Some(id.0), &detail)?;
+            audit(tx, revision, at, by, update.action, subject, Some(id.0), &update.detail)?;
             Ok(Committed {
                 revision,
                 rule_id: Some(id),

@@ -1,0 +1,158 @@
+//! The schema, written once for both backends: the tables are the same;
+//! only a few spellings differ (SQLite's rowid key and `WITHOUT ROWID`,
+//! and how an append-only trigger is written).
+
+/// Which SQL to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// The migrations, one entry per schema version; never change a released
+/// one, add one.
+pub(crate) fn migrations(d: Dialect) -> Vec<String> {
+    vec![version_1(d)]
+}
+
+fn version_1(d: Dialect) -> String {
+    // In SQLite only `INTEGER PRIMARY KEY` is the rowid itself (no second
+    // index); in PostgreSQL a key wants `BIGINT`.
+    let (key, int, bool_, without_rowid) = match d {
+        Dialect::Sqlite => ("INTEGER", "INTEGER", "INTEGER", " WITHOUT ROWID"),
+        Dialect::Postgres => ("BIGINT", "BIGINT", "BOOLEAN", ""),
+    };
+    let mut sql = format!(
+        r#"
+CREATE TABLE meta (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    store_id TEXT NOT NULL,
+    revision {int} NOT NULL
+);
+CREATE TABLE changes (
+    revision {key} PRIMARY KEY,
+    at {int} NOT NULL,
+    kind TEXT NOT NULL,
+    persons {int} NOT NULL,
+    rules {int} NOT NULL
+);
+CREATE TABLE persons (
+    id {key} PRIMARY KEY,
+    birth_date TEXT,
+    protected {bool_} NOT NULL,
+    guardians TEXT NOT NULL,
+    revision {int} NOT NULL
+);
+CREATE TABLE person_history (
+    revision {int} NOT NULL,
+    seq {int} NOT NULL,
+    id {int} NOT NULL,
+    birth_date TEXT,
+    protected {bool_} NOT NULL,
+    guardians TEXT NOT NULL,
+    PRIMARY KEY (revision, seq)
+){without_rowid};
+CREATE INDEX person_history_by_person ON person_history (id, revision);
+CREATE TABLE rules (
+    id {key} PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('block', 'seal', 'extended_access', 'early_access')),
+    subject {int} NOT NULL,
+    guardian {int},
+    services {int} NOT NULL,
+    valid_from {int} NOT NULL,
+    valid_until {int},
+    lifted_at {int},
+    care_units TEXT,
+    issuing_unit TEXT NOT NULL,
+    decided_by TEXT NOT NULL,
+    requested_by TEXT,
+    basis TEXT NOT NULL,
+    urgent {bool_} NOT NULL,
+    reference TEXT,
+    created_at {int} NOT NULL,
+    created_by TEXT NOT NULL,
+    confirmed_at {int},
+    confirmation TEXT,
+    lift TEXT,
+    revision {int} NOT NULL
+);
+CREATE INDEX rules_by_subject ON rules (subject);
+CREATE INDEX rules_by_revision ON rules (revision);
+CREATE TABLE audit (
+    revision {key} PRIMARY KEY,
+    at {int} NOT NULL,
+    actor TEXT NOT NULL,
+    role TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject {int},
+    rule_id {int},
+    detail TEXT NOT NULL
+);
+CREATE INDEX audit_by_subject ON audit (subject, revision);
+"#
+    );
+    sql.push_str(&append_only(d, &["audit", "person_history"]));
+    sql
+}
+
+/// Triggers that refuse to change or remove rows of `tables` (and, in
+/// PostgreSQL, to truncate them).
+fn append_only(d: Dialect, tables: &[&str]) -> String {
+    let mut sql = String::new();
+    if d == Dialect::Postgres {
+        sql.push_str(
+            "CREATE FUNCTION guardian_access_append_only() RETURNS trigger LANGUAGE plpgsql AS $$\n\
+             BEGIN\n    RAISE EXCEPTION '% entries are never changed or removed', TG_TABLE_NAME;\nEND $$;\n",
+        );
+    }
+    for t in tables {
+        match d {
+            Dialect::Sqlite => sql.push_str(&format!(
+                "CREATE TRIGGER {t}_never_changes BEFORE UPDATE ON {t}\n    \
+                 BEGIN SELECT RAISE(ABORT, '{t} entries are never changed or removed'); END;\n\
+                 CREATE TRIGGER {t}_never_removed BEFORE DELETE ON {t}\n    \
+                 BEGIN SELECT RAISE(ABORT, '{t} entries are never changed or removed'); END;\n"
+            )),
+            Dialect::Postgres => sql.push_str(&format!(
+                "CREATE TRIGGER {t}_append_only BEFORE UPDATE OR DELETE ON {t}\n    \
+                 FOR EACH ROW EXECUTE FUNCTION guardian_access_append_only();\n\
+                 CREATE TRIGGER {t}_no_truncate BEFORE TRUNCATE ON {t}\n    \
+                 FOR EACH STATEMENT EXECUTE FUNCTION guardian_access_append_only();\n"
+            )),
+        }
+    }
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_dialects_create_the_same_tables_and_columns() {
+        // Every table with its columns' names, whatever their types.
+        let columns = |sql: &str| -> Vec<String> {
+            let mut out = Vec::new();
+            let mut in_table = false;
+            for line in sql.lines() {
+                if line.starts_with("CREATE TABLE") {
+                    in_table = true;
+                    out.push(line.to_owned());
+                } else if line.starts_with(')') {
+                    in_table = false;
+                } else if in_table {
+                    out.push(line.split_whitespace().next().unwrap_or_default().to_owned());
+                }
+            }
+            out
+        };
+        let (s, p) = (migrations(Dialect::Sqlite), migrations(Dialect::Postgres));
+        assert_eq!(s.len(), p.len());
+        assert_eq!(columns(&s[0]), columns(&p[0]));
+        assert!(
+            s[0].contains("id INTEGER PRIMARY KEY,"),
+            "the rowid is the person's number"
+        );
+        assert!(s[0].contains("RAISE(ABORT") && p[0].contains("BEFORE TRUNCATE"));
+    }
+}
