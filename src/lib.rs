@@ -13,6 +13,7 @@ pub mod decide;
 mod filter;
 pub mod fixtures;
 pub mod identity;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod ndjson;

@@ -1,7 +1,10 @@
 //! The log of a whole run at `trace` level holds no identity number: not in
-//! answers logged, not in errors, not in spans. Correlation uses keyed tags.
+//! answers logged, not in errors, not in spans, not in what the store's
+//! drivers log. Correlation uses keyed tags.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -43,8 +46,9 @@ fn post(path: &str, body: &str) -> String {
 async fn a_trace_level_log_holds_no_identity_number() {
     let captured = Captured::default();
     let writer = captured.clone();
+    // The operator asks for everything, the PostgreSQL driver included.
     tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
+        .with_env_filter(guardian_access::logging::filter("trace,tokio_postgres=trace"))
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .init();
@@ -66,6 +70,9 @@ async fn a_trace_level_log_holds_no_identity_number() {
         ("197701012383", "201509162390"),
         ("19810829M071", "201509162390"),
         ("198501012390", "201303292385"),
+        // Used only on the write path below.
+        ("198001022386", "198501012391"),
+        ("198501022381", "201509162391"),
     ];
     for (actor, subject) in numbers {
         for service in ["journal", "eservices", "x"] {
@@ -98,7 +105,23 @@ async fn a_trace_level_log_holds_no_identity_number() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 
+    // The write path, on both stores.
+    let sqlite_dir = tempfile::tempdir().unwrap();
+    write_path(
+        guardian_access::store::Store::open_sqlite(sqlite_dir.path())
+            .await
+            .unwrap(),
+    )
+    .await;
+    let cluster = support::pg::Cluster::start();
+    if let Some(cluster) = &cluster {
+        let url = cluster.database("logs").await;
+        write_path(guardian_access::store::Store::open_postgres(&url).await.unwrap()).await;
+    }
+
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("write committed"), "the writes were logged:\n{log}");
+
     assert!(log.contains("check"), "the debug events were captured:\n{log}");
     assert!(log.contains("error answer"), "errors were logged:\n{log}");
     let tag = state.tag(guardian_access::Pid::parse("197701012382", jiff::civil::date(2026, 11, 23)).unwrap());
@@ -113,4 +136,49 @@ async fn a_trace_level_log_holds_no_identity_number() {
             }
         }
     }
+}
+
+/// Imports, writes, lifts, reads and refusals through the admin listener,
+/// every one carrying identity numbers.
+async fn write_path(store: guardian_access::store::Store) {
+    use support::{AUDITOR, POPULATION, REGISTRAR, UNIT};
+    let i = support::Instance::start(store, support::quick_node(None)).await;
+    let lines = [
+        r#"{"id": "201509162390", "protected": false, "guardians": ["197701012382", "198001022386"]}"#,
+        r#"{"id": "201801012392", "protected": true, "guardians": ["198001032385"]}"#,
+    ]
+    .join("\n");
+    assert_eq!(i.admin_post(POPULATION, "/v1/population", &lines).await.status, 200);
+    let bad = r#"{"id": "201303292385", "protected": false, "guardians": ["198501012391"]}"#;
+    assert_eq!(i.admin_post(POPULATION, "/v1/population", bad).await.status, 400);
+    let block = format!(
+        r#"{{"kind": "block", "subject": "201509162390", "guardian": "197701012382", "issuing_unit": "{UNIT}",
+            "decided_by": {{"name": "x"}}, "basis": "y"}}"#
+    );
+    let r = i.admin_post(REGISTRAR, "/v1/restrictions", &block).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let not_a_guardian = block.replace("197701012382", "198501022381");
+    assert_eq!(
+        i.admin_post(REGISTRAR, "/v1/restrictions", &not_a_guardian)
+            .await
+            .status,
+        422
+    );
+    let lift = format!(
+        r#"{{"issuing_unit": "{UNIT}", "decided_by": {{"name": "x"}}, "basis": "y", "threat_assessment_done": true}}"#
+    );
+    assert_eq!(
+        i.admin_post(REGISTRAR, &format!("/v1/restrictions/{id}/lift"), &lift)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(i.admin_get(AUDITOR, "/v1/subjects/201509162390").await.status, 200);
+    assert_eq!(
+        i.admin_get(AUDITOR, "/v1/audit?subject=20150916-2390").await.status,
+        200
+    );
+    assert_eq!(i.admin_get(AUDITOR, "/v1/subjects/201509162391").await.status, 400);
+    i.stop().await;
 }
