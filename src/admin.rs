@@ -267,7 +267,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Result<AdminAnswer, Api
             let from_query = query
                 .split('&')
                 .find_map(|kv| kv.strip_prefix("subject="))
-                .map(|v| v.replace("%2B", "+").replace("%2b", "+"));
+                .map(percent_decoded);
             let subject = subject_param(admin, &req, from_query.as_deref())?;
             audit_view(admin, subject).await
         }
@@ -279,6 +279,44 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Result<AdminAnswer, Api
             snapshot_file(admin).await
         }
         _ => Err(ApiError::not_found()),
+    }
+}
+
+/// A query parameter's value with `%XX` escapes decoded. A `+` stays a
+/// `+`: in a 10-digit personnummer it is the separator of someone who has
+/// turned 100, and a space is never part of a number. Anything malformed is
+/// kept as it is and then refused as an identity number.
+fn percent_decoded(v: &str) -> String {
+    let b = v.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decoded;
+
+    #[test]
+    fn query_values_are_decoded_but_a_plus_stays() {
+        assert_eq!(percent_decoded("20150916%2D2390"), "20150916-2390");
+        assert_eq!(percent_decoded("150916%2B2390"), "150916+2390");
+        assert_eq!(percent_decoded("150916+2390"), "150916+2390");
+        assert_eq!(percent_decoded("1509%"), "1509%");
+        assert_eq!(percent_decoded("1509%zz16"), "1509%zz16");
     }
 }
 

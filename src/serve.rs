@@ -494,8 +494,9 @@ fn print_curl_lines(check: SocketAddr, admin: SocketAddr, tokens: &[(String, Cal
          # the contact center phones in an urgent block of one guardian (registrar token) ...\n\
          curl -s http://{admin}/v1/restrictions -H 'authorization: Bearer {registrar}' -d '{{\"kind\": \"block\", \"subject\": \"201509162390\", \"guardian\": \"197701012382\", \"issuing_unit\": \"{DEMO_UNIT}\", \"decided_by\": {{\"name\": \"Verksamhetschef\"}}, \"requested_by\": {{\"name\": \"Ssk på BUP\", \"phone\": \"010-000 00 00\"}}, \"basis\": \"Orosanmälan\", \"urgent\": true}}'\n\
          # ... and the same check now answers blocked:\n{}\n\n\
-         # the unit lifts it after the threat assessment (unit token; put the id from above)\n\
-         curl -s http://{admin}/v1/restrictions/ID/lift -H 'authorization: Bearer {unit}' -d '{{\"issuing_unit\": \"{DEMO_UNIT}\", \"decided_by\": {{\"name\": \"Verksamhetschef\"}}, \"basis\": \"Hotbild kontrollerad med socialtjänsten\", \"threat_assessment_done\": true}}'\n\n\
+         # the unit lifts the demo's block (restriction 2) after the threat assessment (unit token) ...\n\
+         curl -s http://{admin}/v1/restrictions/2/lift -H 'authorization: Bearer {unit}' -d '{{\"issuing_unit\": \"{DEMO_UNIT}\", \"decided_by\": {{\"name\": \"Verksamhetschef\"}}, \"basis\": \"Hotbild kontrollerad med socialtjänsten\", \"threat_assessment_done\": true}}'\n\
+         # ... and that guardian sees the journal again:\n{}\n\n\
          # the population feed (NDJSON, all or nothing)\n\
          printf '%s\\n' '{{\"id\": \"201701012393\", \"protected\": false, \"guardians\": [\"197701012382\"]}}' | curl -s http://{admin}/v1/population -H 'authorization: Bearer {population}' --data-binary @-\n\n\
          # what is recorded about a child, and who wrote what (auditor token)\n\
@@ -508,6 +509,7 @@ fn print_curl_lines(check: SocketAddr, admin: SocketAddr, tokens: &[(String, Cal
         ask("197701022381", "201406012383", "journal"),
         ask("198501012390", "201303292385", "journal"),
         ask("197701012382", "201509162390", "journal"),
+        ask("198001032385", "201801012392", "journal"),
     );
 }
 

@@ -363,6 +363,40 @@ async fn a_killed_instance_restarts_from_its_file_and_catches_up() {
     assert_eq!(ask(p.check, MOTHER, KID).await["reason"], "sealed");
     let s = support::get(p.check, "/v1/status", &[]).await.json();
     assert_eq!(s["store"]["rebuilds"], 0, "it started from its own snapshot file: {s}");
+
+    // The command line on the same PostgreSQL: an offline import, picked
+    // up by the running instances, and a decision from the store.
+    let file = dir.path().join("more.ndjson");
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n",
+            json!({"id": "201406012383", "protected": false, "guardians": ["197701022381"]})
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_guardian-access");
+    let out = std::process::Command::new(bin)
+        .args(["import-population"])
+        .arg(&file)
+        .args(["--store", &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let imported: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let revision = imported["revision"].as_u64().unwrap();
+    converge(&[p.check, other.check], revision).await;
+    assert_eq!(ask(p.check, "197701022381", "201406012383").await["reason"], "guardian");
+    let out = std::process::Command::new(bin)
+        .args(["check", "--store", &url, "--actor", MOTHER, "--subject", KID])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (answer["reason"].as_str(), answer["revision"].as_u64()),
+        (Some("sealed"), Some(revision))
+    );
     drop(p);
     other.stop().await;
 }
