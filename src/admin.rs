@@ -306,20 +306,6 @@ fn percent_decoded(v: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::percent_decoded;
-
-    #[test]
-    fn query_values_are_decoded_but_a_plus_stays() {
-        assert_eq!(percent_decoded("20150916%2D2390"), "20150916-2390");
-        assert_eq!(percent_decoded("150916%2B2390"), "150916+2390");
-        assert_eq!(percent_decoded("150916+2390"), "150916+2390");
-        assert_eq!(percent_decoded("1509%"), "1509%");
-        assert_eq!(percent_decoded("1509%zz16"), "1509%zz16");
-    }
-}
-
 fn rule_id(s: &str, family: Family) -> Result<RuleId, ApiError> {
     s.parse::<u64>()
         .ok()
@@ -1000,4 +986,18 @@ async fn snapshot_file(admin: &Admin) -> Result<AdminAnswer, ApiError> {
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decoded;
+
+    #[test]
+    fn query_values_are_decoded_but_a_plus_stays() {
+        assert_eq!(percent_decoded("20150916%2D2390"), "20150916-2390");
+        assert_eq!(percent_decoded("150916%2B2390"), "150916+2390");
+        assert_eq!(percent_decoded("150916+2390"), "150916+2390");
+        assert_eq!(percent_decoded("1509%"), "1509%");
+        assert_eq!(percent_decoded("1509%zz16"), "1509%zz16");
+    }
 }
