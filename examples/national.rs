@@ -156,4 +156,59 @@ fn main() {
         t.elapsed().as_nanos() as f64 / 200_000.0,
         listed as f64 / 200_000.0
     );
+
+    // The write path on the national snapshot: what one more write costs
+    // as the overlay grows toward `fold_at` (10,000 by default), and what a
+    // background fold costs.
+    let mut current = snap.clone();
+    let rules: Vec<guardian_access::Rule> = snap.rules().iter().take(10_000).cloned().collect();
+    let mut written = 0;
+    for target in [0usize, 1_000, 10_000] {
+        while written < target {
+            let mut r = rules[written % rules.len()].clone();
+            r.lifted_at = Some(synthetic.reference);
+            current = current.apply(current.revision() + 1, &[], &[r]).unwrap();
+            written += 1;
+        }
+        let mut costs = Vec::with_capacity(200);
+        for k in 0..200 {
+            let mut r = rules[k].clone();
+            r.lifted_at = Some(synthetic.reference);
+            let t = Clock::now();
+            black_box(current.apply(current.revision() + 1, &[], &[r]).unwrap());
+            costs.push(t.elapsed().as_nanos() as u32);
+        }
+        costs.sort_unstable();
+        println!(
+            "apply one rule        with {:>6} subjects in the overlay: p50 {:.1} µs, p99 {:.1} µs",
+            current.overlay_len(),
+            f64::from(percentile(&costs, 0.5)) / 1000.0,
+            f64::from(percentile(&costs, 0.99)) / 1000.0
+        );
+    }
+    let records: Vec<guardian_access::PersonRecord> = synthetic
+        .children
+        .iter()
+        .take(10_000)
+        .map(|c| guardian_access::PersonRecord {
+            id: *c,
+            birth_date: None,
+            protected: false,
+            guardians: people.guardians_of(*c).collect(),
+        })
+        .collect();
+    let t = Clock::now();
+    let with_people = current.apply(current.revision() + 1, &records, &[]).unwrap();
+    println!(
+        "apply 10,000 persons  {:.1} ms (one population delta)",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    let t = Clock::now();
+    let folded = with_people.fold().unwrap();
+    println!(
+        "fold                  {:.2} s ({} overlay entries into a new national base)",
+        t.elapsed().as_secs_f64(),
+        with_people.overlay_len()
+    );
+    assert_eq!(folded.overlay_len(), 0);
 }
