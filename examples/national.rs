@@ -171,8 +171,8 @@ fn main() {
             written += 1;
         }
         let mut costs = Vec::with_capacity(200);
-        for k in 0..200 {
-            let mut r = rules[k].clone();
+        for rule in rules.iter().take(200) {
+            let mut r = rule.clone();
             r.lifted_at = Some(synthetic.reference);
             let t = Clock::now();
             black_box(current.apply(current.revision() + 1, &[], &[r]).unwrap());
