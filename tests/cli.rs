@@ -165,20 +165,31 @@ fn serve_answers_and_stops_on_sigterm() {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::process::Stdio;
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_guardian-access"))
-        .args([
-            "serve",
-            "--demo",
-            "--check-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    /// Kills the server if the test fails before it stops it.
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut guard = Guard(
+        Command::new(env!("CARGO_BIN_EXE_guardian-access"))
+            .args([
+                "serve",
+                "--demo",
+                "--check-addr",
+                "127.0.0.1:0",
+                "--admin-addr",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut guard.0;
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     let addr = loop {
