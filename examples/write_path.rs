@@ -35,11 +35,13 @@ use guardian_access::store::{Caller, IMPORT_BATCH, ImportMsg, NewRule, Role, Rul
 use guardian_access::synth::{self, Scale};
 use serde_json::json;
 
-fn rss_mb() -> f64 {
+/// A memory figure of this process from `/proc/self/status`, in MB:
+/// `VmRSS` (now) or `VmHWM` (the peak).
+fn status_mb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -76,7 +78,7 @@ async fn cold(dir: PathBuf) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let ready = started.elapsed();
-    let rss = rss_mb();
+    let rss = status_mb("VmRSS");
     if !had_file {
         // The first start writes a checkpoint in the background.
         while service
@@ -92,18 +94,9 @@ async fn cold(dir: PathBuf) {
     println!(
         "{}",
         json!({"ready_seconds": ready.as_secs_f64(), "rss_mb": rss, "from_file": had_file,
-               "peak_rss_mb": peak_rss_mb(), "persons": service.state.current().unwrap().snapshot.people().len()})
+               "peak_rss_mb": status_mb("VmHWM"), "persons": service.state.current().unwrap().snapshot.people().len()})
     );
     service.stop().await;
-}
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn cold_start(dir: &Path) -> serde_json::Value {

@@ -165,6 +165,7 @@ pub fn not_ready() -> AdminAnswer {
 
 /// Answers one admin request.
 pub async fn handle(admin: &Admin, req: Request<Incoming>) -> AdminAnswer {
+    let allowed = if is_read(req.uri().path()) { "GET" } else { "POST" };
     let started = std::time::Instant::now();
     let metrics = &admin.node.state().metrics;
     let answer = match route(admin, req).await {
@@ -177,14 +178,20 @@ pub async fn handle(admin: &Admin, req: Request<Incoming>) -> AdminAnswer {
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             if e.status == 405 {
-                r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+                r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
             }
             r
         }
     };
     metrics.request(Endpoint::Admin, started.elapsed());
     answer
+}
+
+/// The routes read with `GET`; every other route is written with `POST`.
+fn is_read(path: &str) -> bool {
+    ["/v1/subjects", "/v1/audit", "/v1/snapshot"]
+        .iter()
+        .any(|r| path == *r || path.strip_prefix(r).is_some_and(|rest| rest.starts_with('/')))
 }
 
 async fn route(admin: &Admin, req: Request<Incoming>) -> Result<AdminAnswer, ApiError> {

@@ -407,38 +407,31 @@ where
         return (endpoint, error(state, endpoint, &ApiError::method_not_allowed()));
     }
     let answer = match endpoint {
-        Endpoint::Operations => operations(state, req.uri().path()),
-        Endpoint::Authz => {
-            let answer = authz(state, &req);
-            match answer {
-                Err(e) => match e.wait_for {
-                    Some(r) if state.wait_for_revision(r, state.config.min_revision_wait).await => authz(state, &req),
-                    _ => Err(e),
-                },
-                ok => ok,
-            }
-            .unwrap_or_else(|e| error(state, endpoint, &e))
-        }
+        Endpoint::Operations => Ok(operations(state, req.uri().path())),
+        Endpoint::Authz => read_your_writes(state, || authz(state, &req)).await,
         _ => {
             let declared = req.body().size_hint().upper();
             match read_body(req.into_body(), declared).await {
-                Ok(body) => match decision(state, endpoint, &body) {
-                    Err(e) => match e.wait_for {
-                        // Read-your-writes: this instance is behind the
-                        // revision the caller saw; wait a little for it.
-                        Some(r) if state.wait_for_revision(r, state.config.min_revision_wait).await => {
-                            decision(state, endpoint, &body)
-                        }
-                        _ => Err(e),
-                    },
-                    ok => ok,
-                }
-                .unwrap_or_else(|e| error(state, endpoint, &e)),
-                Err(e) => error(state, endpoint, &e),
+                Ok(body) => read_your_writes(state, || decision(state, endpoint, &body)).await,
+                Err(e) => Err(e),
             }
         }
-    };
+    }
+    .unwrap_or_else(|e| error(state, endpoint, &e));
     (endpoint, answer)
+}
+
+/// Answers with `answer`; if the request asked for a revision this
+/// instance has not published yet (`min_revision`), waits a little for it
+/// and asks once more.
+async fn read_your_writes(state: &State, answer: impl Fn() -> Result<Answer, ApiError>) -> Result<Answer, ApiError> {
+    match answer() {
+        Err(e) => match e.wait_for {
+            Some(r) if state.wait_for_revision(r, state.config.min_revision_wait).await => answer(),
+            _ => Err(e),
+        },
+        ok => ok,
+    }
 }
 
 /// `/v1/check`, `/v1/check/batch`, `/v1/children`: one snapshot load each.
