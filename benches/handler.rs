@@ -10,8 +10,10 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use guardian_access::api;
-use guardian_access::server::{self, ListenerConfig, State};
+use guardian_access::clock::Clock;
+use guardian_access::http::check::parse;
+use guardian_access::http::check::{self, State};
+use guardian_access::http::listener::ListenerConfig;
 use guardian_access::synth::{self, Scale};
 use http_body_util::Full;
 
@@ -34,9 +36,9 @@ fn benches(c: &mut Criterion) {
         })
         .collect();
     let mask = bodies.len() - 1;
-    let state = State::new(ListenerConfig::default(), "bench");
+    let state = State::detached(ListenerConfig::default(), "bench", Clock::system());
     let snap = synthetic.snapshot.clone();
-    state.publish(synthetic.snapshot);
+    state.cell.publish(synthetic.snapshot);
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let tz = snap.tz().clone();
     let now = guardian_access::Instant::from_timestamp(jiff::Timestamp::now()).unwrap();
@@ -46,15 +48,18 @@ fn benches(c: &mut Criterion) {
     group.bench_function("parse_check", |b| {
         b.iter(|| {
             i = (i + 1) & mask;
-            black_box(api::parse_check(black_box(&bodies[i]), &tz, now).unwrap())
+            black_box(parse::parse_check(black_box(&bodies[i]), &tz, now).unwrap())
         })
     });
-    let queries: Vec<_> = bodies.iter().map(|b| api::parse_check(b, &tz, now).unwrap()).collect();
+    let queries: Vec<_> = bodies
+        .iter()
+        .map(|b| parse::parse_check(b, &tz, now).unwrap())
+        .collect();
     let mut i = 0;
     group.bench_function("check_answer", |b| {
         b.iter(|| {
             i = (i + 1) & mask;
-            black_box(api::check_answer(&snap, black_box(&queries[i])).1.len())
+            black_box(parse::check_answer(&snap, black_box(&queries[i])).1.len())
         })
     });
     let mut i = 0;
@@ -64,7 +69,7 @@ fn benches(c: &mut Criterion) {
             let req = hyper::Request::post("/v1/check")
                 .body(Full::new(bodies[i].clone()))
                 .unwrap();
-            black_box(rt.block_on(server::handle(&state, req)).status())
+            black_box(rt.block_on(check::handle(&state, req)).status())
         })
     });
     group.finish();

@@ -22,8 +22,9 @@ mod support;
 
 use std::time::{Duration, Instant as Clock};
 
+use guardian_access::actor::{Caller, Role};
 use guardian_access::node::NodeConfig;
-use guardian_access::store::{Caller, ImportMsg, Role, Store};
+use guardian_access::store::{ImportMsg, Store};
 use serde_json::json;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -86,7 +87,7 @@ async fn run(cluster: &support::pg::Cluster, nodes: usize, writes: usize) {
                 let state = i.service.state.clone();
                 tokio::spawn(async move {
                     assert!(
-                        state.wait_for_revision(next, Duration::from_secs(10)).await,
+                        state.cell.wait_for_revision(next, Duration::from_secs(10)).await,
                         "a node never saw revision {next}"
                     );
                     Clock::now()

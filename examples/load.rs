@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use guardian_access::server::{self, ListenerConfig, State};
+use guardian_access::clock::Clock;
+use guardian_access::http::check::{self, State};
+use guardian_access::http::listener::ListenerConfig;
 use guardian_access::synth::{self, Scale};
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -277,9 +279,9 @@ fn main() {
         let check = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let bare_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addrs = (check.local_addr().unwrap(), bare_listener.local_addr().unwrap());
-        let state = Arc::new(State::new(ListenerConfig::default(), "load"));
-        state.publish(synthetic.snapshot.clone());
-        tokio::spawn(server::run(check, state, std::future::pending()));
+        let state = Arc::new(State::detached(ListenerConfig::default(), "load", Clock::system()));
+        state.cell.publish(synthetic.snapshot.clone());
+        tokio::spawn(check::run(check, state, std::future::pending()));
         tokio::spawn(bare(bare_listener));
         addrs
     });

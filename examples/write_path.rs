@@ -29,9 +29,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant as Clock};
 
-use guardian_access::model::{HsaId, RuleId};
+use guardian_access::actor::{Caller, Role};
+use guardian_access::core::model::{HsaId, RuleId};
 use guardian_access::node::SNAPSHOT_FILE;
-use guardian_access::store::{Caller, IMPORT_BATCH, ImportMsg, NewRule, Role, RuleMeta, Store};
+use guardian_access::store::{IMPORT_BATCH, ImportMsg, NewRule, RuleMeta, Store};
 use guardian_access::synth::{self, Scale};
 use serde_json::json;
 
@@ -72,9 +73,10 @@ async fn cold(dir: PathBuf) {
             settings: Arc::new(Default::default()),
             tokens: support::tokens(),
             source: "bench".into(),
+            clock: guardian_access::clock::Clock::system(),
         },
     );
-    while service.state.current().is_none() {
+    while service.state.cell.current().is_none() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let ready = started.elapsed();
@@ -83,6 +85,7 @@ async fn cold(dir: PathBuf) {
         // The first start writes a checkpoint in the background.
         while service
             .state
+            .cell
             .sync
             .checkpoints
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -94,7 +97,7 @@ async fn cold(dir: PathBuf) {
     println!(
         "{}",
         json!({"ready_seconds": ready.as_secs_f64(), "rss_mb": rss, "from_file": had_file,
-               "peak_rss_mb": status_mb("VmHWM"), "persons": service.state.current().unwrap().snapshot.people().len()})
+               "peak_rss_mb": status_mb("VmHWM"), "persons": service.state.cell.current().unwrap().snapshot.people().len()})
     );
     service.stop().await;
 }
@@ -378,7 +381,7 @@ async fn main() {
         ms(percentile(&visible, 0.5)),
         ms(percentile(&visible, 0.99)),
         ms(*visible.last().unwrap()),
-        node.state().current().unwrap().snapshot.overlay_len()
+        node.publication().current().unwrap().snapshot.overlay_len()
     );
     let status = support::get(i.check, "/v1/status", &[]).await.json();
     println!(

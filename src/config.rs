@@ -1,11 +1,20 @@
-//! Region settings as written in a config file (TOML) or a fixture (JSON),
-//! converted once into the typed [`Settings`] with errors that name the bad
-//! setting.
+//! Configuration, parsed once at start-up into typed values with errors
+//! that name the bad setting: the region settings as written in a config
+//! file (TOML) or a fixture (JSON), converted into [`Settings`]; and
+//! `serve`'s flags, environment and `[server]` table merged into one
+//! [`ServeConfig`] ([`ServeFlags::resolve`], pure, unit-tested here).
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hyper::header::HeaderName;
 use serde::Deserialize;
 
-use crate::model::{HsaId, Settings};
-use crate::time::LeapDay;
+use crate::core::model::{HsaId, Settings};
+use crate::core::time::LeapDay;
+use crate::http::listener::{AuthzHeaders, ListenerConfig};
+use crate::node::{NodeConfig, Peer};
 
 /// The region-settings section as written. Every field is optional; what is
 /// left out keeps its default (SPEC §3).
@@ -45,7 +54,7 @@ pub enum ConfigError {
     ExcludedUnit(usize),
     /// The age limits do not hang together.
     #[error(transparent)]
-    Settings(#[from] crate::model::SettingsError),
+    Settings(#[from] crate::core::model::SettingsError),
     /// The file is not TOML of the documented shape; the message names the key.
     #[error("{0}")]
     File(String),
@@ -163,6 +172,298 @@ impl RegionSettings {
     }
 }
 
+/// Flags of `serve`; each can also be set in the environment
+/// (`GUARDIAN_ACCESS_…`) or in the config file's `[server]` table.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ServeFlags {
+    /// Serve the demo region from a throwaway store and print ready-to-paste
+    /// `curl` lines with demo tokens.
+    #[arg(long, conflicts_with_all = ["scenario", "store"])]
+    pub demo: bool,
+    /// Serve a throwaway store seeded from this scenario file (JSON).
+    #[arg(long, env = "GUARDIAN_ACCESS_SCENARIO", conflicts_with = "store")]
+    pub scenario: Option<PathBuf>,
+    /// Region settings and `[server]` settings (TOML).
+    #[arg(long, env = "GUARDIAN_ACCESS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the check listener binds [default: 127.0.0.1:7070].
+    #[arg(long, env = "GUARDIAN_ACCESS_CHECK_ADDR")]
+    pub check_addr: Option<String>,
+    /// Where the admin listener binds [default: 127.0.0.1:7071].
+    #[arg(long, env = "GUARDIAN_ACCESS_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
+    /// The embedded store and snapshot files [default: ./data].
+    #[arg(long, env = "GUARDIAN_ACCESS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The admin tokens (JSON, SPEC §5).
+    #[arg(long, env = "GUARDIAN_ACCESS_ADMIN_TOKENS")]
+    pub admin_tokens: Option<PathBuf>,
+    /// `postgres://…`: share one PostgreSQL with a fleet (else the embedded store).
+    #[arg(long, env = "GUARDIAN_ACCESS_STORE")]
+    pub store: Option<String>,
+    /// A peer's admin listener (`http://host:7071`) to fetch a snapshot file
+    /// from at start-up; repeatable. Its `peer` token is read from
+    /// `GUARDIAN_ACCESS_PEER_TOKEN`.
+    #[arg(long = "peer")]
+    pub peers: Vec<String>,
+    /// Milliseconds without contact with PostgreSQL before checks answer 503 [default: 30000].
+    #[arg(long, env = "GUARDIAN_ACCESS_MAX_STALENESS_MS")]
+    pub max_staleness_ms: Option<u64>,
+    /// Milliseconds a check with a `min_revision` not reached yet waits [default: 500].
+    #[arg(long, env = "GUARDIAN_ACCESS_MIN_REVISION_WAIT_MS")]
+    pub min_revision_wait_ms: Option<u64>,
+    /// Most client connections at once, per listener [default: 1024].
+    #[arg(long, env = "GUARDIAN_ACCESS_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Milliseconds a client has to send a request head [default: 5000].
+    #[arg(long, env = "GUARDIAN_ACCESS_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// Milliseconds an idle keep-alive connection is kept [default: 60000].
+    #[arg(long, env = "GUARDIAN_ACCESS_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// `text` or `json` [default: text]. The filter is `RUST_LOG` (default `info`).
+    #[arg(long, env = "GUARDIAN_ACCESS_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Header `/v1/authz` reads the actor from [default: x-actor-id].
+    #[arg(long, env = "GUARDIAN_ACCESS_AUTHZ_ACTOR_HEADER")]
+    pub authz_actor_header: Option<String>,
+    /// Header `/v1/authz` reads the subject from [default: x-subject-id].
+    #[arg(long, env = "GUARDIAN_ACCESS_AUTHZ_SUBJECT_HEADER")]
+    pub authz_subject_header: Option<String>,
+    /// Header `/v1/authz` reads the service from [default: x-service].
+    #[arg(long, env = "GUARDIAN_ACCESS_AUTHZ_SERVICE_HEADER")]
+    pub authz_service_header: Option<String>,
+}
+
+/// Where the check listener binds unless told otherwise.
+pub const DEFAULT_CHECK_ADDR: &str = "127.0.0.1:7070";
+/// Where the admin listener binds unless told otherwise.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:7071";
+/// The data directory unless told otherwise.
+pub const DEFAULT_DATA_DIR: &str = "data";
+
+/// Where `serve` gets its data from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The demo region in a throwaway store (`--demo`).
+    Demo,
+    /// A throwaway store seeded from a scenario file (`--scenario`).
+    Scenario(PathBuf),
+    /// The embedded store in a directory.
+    Sqlite(PathBuf),
+    /// PostgreSQL, by URL.
+    Postgres(String),
+}
+
+/// Everything `serve` needs, merged and validated: flags (and their
+/// environment variables) over the config file's `[server]` table over the
+/// defaults. Built by [`ServeFlags::resolve`], without I/O.
+#[derive(Debug)]
+pub struct ServeConfig {
+    /// Where the check listener binds.
+    pub check_addr: SocketAddr,
+    /// Where the admin listener binds.
+    pub admin_addr: SocketAddr,
+    /// Both listeners' limits and the check listener's settings.
+    pub listener: ListenerConfig,
+    /// JSON log lines instead of text.
+    pub json_logs: bool,
+    /// Where the data comes from.
+    pub source: Source,
+    /// The data directory (snapshot files; the embedded store).
+    pub data_dir: PathBuf,
+    /// The admin tokens file, if any.
+    pub admin_tokens: Option<PathBuf>,
+    /// How the node follows the store (its `data_dir` is set from
+    /// [`ServeConfig::data_dir`] when the store is opened).
+    pub node: NodeConfig,
+}
+
+/// A flag or setting that cannot be used; the message names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{name}`: {what}")]
+pub struct SettingError {
+    /// The setting's name, as in the config file.
+    pub name: &'static str,
+    /// What is wrong with it.
+    pub what: String,
+}
+
+fn bad(name: &'static str, what: impl Into<String>) -> SettingError {
+    SettingError {
+        name,
+        what: what.into(),
+    }
+}
+
+/// The flag if given, else the file's value, else the default.
+fn pick<T: Clone>(flag: &Option<T>, file: &Option<T>, default: T) -> T {
+    flag.clone().or_else(|| file.clone()).unwrap_or(default)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl ServeFlags {
+    /// Merges these flags over `file` (the parsed `--config`) over the
+    /// defaults. `peer_token` is `GUARDIAN_ACCESS_PEER_TOKEN`, needed when
+    /// peers are named.
+    pub fn resolve(&self, file: &ConfigFile, peer_token: Option<&str>) -> Result<ServeConfig, SettingError> {
+        let f = &file.server;
+        let addr = |flag: &Option<String>, file: &Option<String>, default: &str, name: &'static str| {
+            pick(flag, file, default.into())
+                .parse::<SocketAddr>()
+                .map_err(|_| bad(name, format!("must be an address such as `{default}`")))
+        };
+        let check_addr = addr(&self.check_addr, &f.check_addr, DEFAULT_CHECK_ADDR, "check_addr")?;
+        let admin_addr = addr(&self.admin_addr, &f.admin_addr, DEFAULT_ADMIN_ADDR, "admin_addr")?;
+        let defaults = ListenerConfig::default();
+        let max_connections = pick(&self.max_connections, &f.max_connections, defaults.max_connections);
+        if max_connections == 0 {
+            return Err(bad("max_connections", "must be at least 1"));
+        }
+        let ms = |flag: &Option<u64>, file: &Option<u64>, default: Duration, name: &'static str| match pick(
+            flag,
+            file,
+            millis(default),
+        ) {
+            0 => Err(bad(name, "must be at least 1 ms")),
+            ms => Ok(Duration::from_millis(ms)),
+        };
+        let header_read_timeout = ms(
+            &self.header_read_timeout_ms,
+            &f.header_read_timeout_ms,
+            defaults.header_read_timeout,
+            "header_read_timeout_ms",
+        )?;
+        let idle_timeout = ms(
+            &self.idle_timeout_ms,
+            &f.idle_timeout_ms,
+            defaults.idle_timeout,
+            "idle_timeout_ms",
+        )?;
+        let min_revision_wait = ms(
+            &self.min_revision_wait_ms,
+            &f.min_revision_wait_ms,
+            defaults.min_revision_wait,
+            "min_revision_wait_ms",
+        )?;
+        let json_logs = match pick(&self.log_format, &f.log_format, "text".into()).as_str() {
+            "text" => false,
+            "json" => true,
+            _ => return Err(bad("log_format", "must be `text` or `json`")),
+        };
+        let h = f.authz_headers.as_ref();
+        let d = AuthzHeaders::default();
+        let header = |flag: &Option<String>, file: Option<&String>, default: HeaderName, name: &'static str| match flag
+            .as_ref()
+            .or(file)
+        {
+            None => Ok(default),
+            Some(v) => HeaderName::try_from(v.as_str()).map_err(|_| bad(name, "not a valid header name")),
+        };
+        let authz = AuthzHeaders {
+            actor: header(
+                &self.authz_actor_header,
+                h.and_then(|h| h.actor.as_ref()),
+                d.actor,
+                "authz_actor_header",
+            )?,
+            subject: header(
+                &self.authz_subject_header,
+                h.and_then(|h| h.subject.as_ref()),
+                d.subject,
+                "authz_subject_header",
+            )?,
+            service: header(
+                &self.authz_service_header,
+                h.and_then(|h| h.service.as_ref()),
+                d.service,
+                "authz_service_header",
+            )?,
+        };
+
+        let data_dir = self
+            .data_dir
+            .clone()
+            .or_else(|| f.data_dir.as_ref().map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let store = self.store.clone().or_else(|| f.store.clone());
+        let source = match (&self.scenario, self.demo, store) {
+            (Some(path), _, _) => Source::Scenario(path.clone()),
+            (None, true, _) => Source::Demo,
+            (None, false, Some(url)) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Source::Postgres(url)
+            }
+            (None, false, Some(_)) => {
+                return Err(bad(
+                    "store",
+                    "must be a `postgres://` URL (the embedded store needs no flag)",
+                ));
+            }
+            (None, false, None) => Source::Sqlite(data_dir.clone()),
+        };
+        let fleet = matches!(source, Source::Postgres(_));
+        let max_staleness = match (fleet, self.max_staleness_ms.or(f.max_staleness_ms)) {
+            (_, Some(0)) => return Err(bad("max_staleness_ms", "must be at least 1 ms")),
+            (true, ms) => Some(Duration::from_millis(ms.unwrap_or(DEFAULT_MAX_STALENESS_MS))),
+            // The embedded store is in this process: it cannot be out of reach.
+            (false, _) => None,
+        };
+        let peers: Vec<String> = if self.peers.is_empty() {
+            f.peers.clone().unwrap_or_default()
+        } else {
+            self.peers.clone()
+        };
+        let peer_token = peer_token.unwrap_or_default();
+        if !peers.is_empty() && peer_token.is_empty() {
+            return Err(bad(
+                "peers",
+                "set `GUARDIAN_ACCESS_PEER_TOKEN` to a `peer` token the peers accept",
+            ));
+        }
+        let poll_ms = f.poll_ms.unwrap_or(if fleet { 500 } else { 1000 }).max(1);
+        let node_defaults = NodeConfig::default();
+        let node = NodeConfig {
+            fold_at: f.fold_at.unwrap_or(node_defaults.fold_at).max(1),
+            max_staleness,
+            poll_every: Duration::from_millis(poll_ms),
+            peers: peers
+                .into_iter()
+                .map(|url| Peer {
+                    url,
+                    token: peer_token.to_owned(),
+                })
+                .collect(),
+            ..node_defaults
+        };
+        Ok(ServeConfig {
+            check_addr,
+            admin_addr,
+            listener: ListenerConfig {
+                max_connections,
+                header_read_timeout,
+                idle_timeout,
+                authz,
+                min_revision_wait,
+                ..defaults
+            },
+            json_logs,
+            admin_tokens: self
+                .admin_tokens
+                .clone()
+                .or_else(|| f.admin_tokens.as_ref().map(PathBuf::from)),
+            source,
+            data_dir,
+            node,
+        })
+    }
+}
+
+/// Without contact with PostgreSQL for this long, checks answer `503`.
+pub const DEFAULT_MAX_STALENESS_MS: u64 = 30_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,5 +534,141 @@ mod tests {
             .to_string();
         assert!(e.contains("`server`"), "{e}");
         assert!(ConfigFile::parse("leap_day_birthday = ").is_err());
+    }
+
+    fn resolve(flags: &ServeFlags, file: &str) -> Result<ServeConfig, SettingError> {
+        flags.resolve(&ConfigFile::parse(file).unwrap(), None)
+    }
+
+    #[test]
+    fn serve_defaults_come_from_one_place() {
+        let c = resolve(&ServeFlags::default(), "").unwrap();
+        assert_eq!(c.check_addr.to_string(), DEFAULT_CHECK_ADDR);
+        assert_eq!(c.admin_addr.to_string(), DEFAULT_ADMIN_ADDR);
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.source, Source::Sqlite(PathBuf::from(DEFAULT_DATA_DIR)));
+        let l = ListenerConfig::default();
+        assert_eq!(c.listener.max_connections, l.max_connections);
+        assert_eq!(c.listener.idle_timeout, l.idle_timeout);
+        assert_eq!(c.node.max_staleness, None, "the embedded store is never out of reach");
+        assert_eq!(c.node.poll_every, Duration::from_secs(1));
+        assert!(!c.json_logs);
+        assert_eq!(c.admin_tokens, None);
+    }
+
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_defaults() {
+        let file = "[server]\ncheck_addr = \"0.0.0.0:9000\"\nmax_connections = 10\nidle_timeout_ms = 1500\n\
+                    log_format = \"json\"\nstore = \"postgres://db/ga\"\n[server.authz_headers]\nactor = \"x-user\"";
+        let flags = ServeFlags {
+            max_connections: Some(20),
+            ..ServeFlags::default()
+        };
+        let c = resolve(&flags, file).unwrap();
+        assert_eq!(c.check_addr.to_string(), "0.0.0.0:9000");
+        assert_eq!(c.listener.max_connections, 20);
+        assert_eq!(c.listener.idle_timeout, Duration::from_millis(1500));
+        assert_eq!(c.listener.authz.actor.as_str(), "x-user");
+        assert_eq!(c.listener.authz.subject.as_str(), "x-subject-id");
+        assert!(c.json_logs);
+        assert_eq!(c.source, Source::Postgres("postgres://db/ga".into()));
+        assert_eq!(
+            c.node.max_staleness,
+            Some(Duration::from_millis(DEFAULT_MAX_STALENESS_MS))
+        );
+        assert_eq!(c.node.poll_every, Duration::from_millis(500), "a fleet polls faster");
+        let demo = ServeFlags {
+            demo: true,
+            ..ServeFlags::default()
+        };
+        assert_eq!(resolve(&demo, "").unwrap().source, Source::Demo);
+    }
+
+    #[test]
+    fn bad_serve_settings_are_named() {
+        let name = |flags: ServeFlags, file: &str| resolve(&flags, file).unwrap_err().name;
+        let d = ServeFlags::default;
+        assert_eq!(
+            name(
+                ServeFlags {
+                    check_addr: Some("nowhere".into()),
+                    ..d()
+                },
+                ""
+            ),
+            "check_addr"
+        );
+        assert_eq!(name(d(), "[server]\nmax_connections = 0"), "max_connections");
+        assert_eq!(
+            name(
+                ServeFlags {
+                    idle_timeout_ms: Some(0),
+                    ..d()
+                },
+                ""
+            ),
+            "idle_timeout_ms"
+        );
+        assert_eq!(
+            name(
+                ServeFlags {
+                    log_format: Some("xml".into()),
+                    ..d()
+                },
+                ""
+            ),
+            "log_format"
+        );
+        assert_eq!(
+            name(
+                ServeFlags {
+                    store: Some("mysql://x".into()),
+                    ..d()
+                },
+                ""
+            ),
+            "store"
+        );
+        assert_eq!(
+            name(
+                ServeFlags {
+                    authz_actor_header: Some("bad header".into()),
+                    ..d()
+                },
+                ""
+            ),
+            "authz_actor_header"
+        );
+        assert_eq!(
+            name(
+                ServeFlags {
+                    max_staleness_ms: Some(0),
+                    ..d()
+                },
+                ""
+            ),
+            "max_staleness_ms"
+        );
+        let peers = ServeFlags {
+            peers: vec!["http://10.0.0.2:7071".into()],
+            ..d()
+        };
+        assert_eq!(name(peers.clone(), ""), "peers");
+        let c = peers
+            .resolve(&ConfigFile::default(), Some("a-peer-token-0000000000000"))
+            .unwrap();
+        assert_eq!(c.node.peers.len(), 1);
+        let e = resolve(
+            &ServeFlags {
+                check_addr: Some("x".into()),
+                ..d()
+            },
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`check_addr`: must be an address such as `127.0.0.1:7070`"
+        );
     }
 }

@@ -13,11 +13,11 @@ use jiff::tz::TimeZone;
 use serde::Deserialize;
 
 use crate::config::{ConfigError, RegionSettings};
-use crate::decide::Query;
-use crate::identity::{IdentityError, Pid};
-use crate::model::{HsaId, Rule, RuleId, RuleKind, Service, Services, Settings};
-use crate::snapshot::{BuildError, PeopleBuilder, PersonRecord, Rules, Snapshot};
-use crate::time::{self, InstantError};
+use crate::core::decide::Query;
+use crate::core::identity::{IdentityError, Pid};
+use crate::core::model::{HsaId, Rule, RuleId, RuleKind, Service, Services, Settings};
+use crate::core::snapshot::{BuildError, PeopleBuilder, PersonRecord, Rules, Snapshot};
+use crate::core::time::{self, InstantError};
 
 /// One scenario file.
 #[derive(Debug, Deserialize)]

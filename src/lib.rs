@@ -2,37 +2,38 @@
 //!
 //! Before every journal view, 1177 Journalen asks: *may this person see this
 //! child's journal, or act for the child in the e-services, right now?* The
-//! answer comes from [`decide::decide`] over an immutable
-//! [`snapshot::Snapshot`]. See `ARCHITECTURE.md` for the map.
+//! answer comes from [`decide`] over an immutable [`Snapshot`]. See
+//! `ARCHITECTURE.md` for the map; the folders are its layers, and
+//! dependencies point one way: `http` → `node`, `store` → `core`.
+//!
+//! - [`core`]: the pure decision core (identity numbers, time, the model,
+//!   the population table, snapshots, `decide`). No I/O, no wire formats.
+//! - [`store`]: the durable store, one protocol in two SQL dialects.
+//! - [`node`]: the publication cell and the task that fills it from the
+//!   store, snapshot files and peers.
+//! - [`http`]: the check and admin listeners, their errors, metrics and
+//!   wire types.
+//! - [`service`]: the whole service on bound listeners; [`config`]: the
+//!   one merge of flags, environment and file.
 
-pub mod admin;
-pub mod api;
-pub mod auth;
+pub mod actor;
+pub mod clock;
 pub mod config;
-pub mod decide;
-mod filter;
+pub mod core;
 pub mod fixtures;
-pub mod identity;
+pub mod http;
 pub mod logging;
-pub mod metrics;
-pub mod model;
 pub mod ndjson;
 pub mod node;
-pub mod peer;
-pub mod people;
-pub mod server;
 pub mod service;
-pub mod snapfile;
-pub mod snapshot;
 pub mod store;
 pub mod synth;
 #[cfg(test)]
 mod testing;
-pub mod time;
-pub mod wire;
 
-pub use decide::{Decision, Listing, Query, Reason, children, decide};
-pub use identity::{IdentityError, Pid};
-pub use model::{HsaId, Rule, RuleId, RuleKind, Service, Services, Settings};
-pub use snapshot::{People, PeopleBuilder, PersonRecord, Rules, Snapshot};
-pub use time::Instant;
+pub use crate::core::decide::{Decision, Listing, Query, Reason, children, decide};
+pub use crate::core::identity::{IdentityError, Pid};
+pub use crate::core::model::{HsaId, Rule, RuleId, RuleKind, Service, Services, Settings};
+pub use crate::core::snapshot::{People, PeopleBuilder, PersonRecord, Rules, Snapshot};
+pub use crate::core::time::Instant;
+pub use clock::Clock;

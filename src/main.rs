@@ -1,111 +1,18 @@
-//! The `guardian-access` binary: parses flags and hands over to the library.
+//! The `guardian-access` binary: parses the command line and hands over to
+//! the library (see `cli`).
 
-use std::io::Read;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow};
-use clap::{Parser, Subcommand};
-use guardian_access::fixtures::Scenario;
-use guardian_access::node::{self, NodeConfig};
-use guardian_access::store::{Caller, IMPORT_BATCH, ImportMsg, Role, Store};
-use guardian_access::time::{self, Instant};
-use guardian_access::wire::{ChildrenBody, DecisionBody};
-use guardian_access::{Pid, Query, Service, Snapshot, decide, ndjson};
+use clap::Parser;
 
-mod serve;
-use serve::ServeArgs;
+mod cli;
 
-/// A policy decision point for Swedish patient portals.
-#[derive(Debug, Parser)]
-#[command(name = "guardian-access", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Serve checks (SPEC §4) and the admin API (SPEC §5) over HTTP.
-    Serve(Box<ServeArgs>),
-    /// One decision from the command line, for support staff: may ACTOR see
-    /// SUBJECT's journal, or act for them in the e-services, at AT?
-    Check {
-        #[command(flatten)]
-        source: Source,
-        /// Who is logged in (personnummer or samordningsnummer, any accepted form).
-        #[arg(long)]
-        actor: String,
-        /// Whose journal or e-services.
-        #[arg(long)]
-        subject: String,
-        /// `journal` or `eservices`.
-        #[arg(long, default_value = "journal")]
-        service: String,
-        #[command(flatten)]
-        at: At,
-    },
-    /// The switch list: every child GUARDIAN is registered for, with the answer for each.
-    Children {
-        #[command(flatten)]
-        source: Source,
-        /// The guardian (personnummer or samordningsnummer).
-        #[arg(long)]
-        guardian: String,
-        /// `journal` or `eservices`.
-        #[arg(long, default_value = "journal")]
-        service: String,
-        #[command(flatten)]
-        at: At,
-    },
-    /// Bulk-loads population data (NDJSON, one person a line) into the store,
-    /// all or nothing. A running service picks it up within its poll interval.
-    ImportPopulation {
-        /// The NDJSON file (`-` for standard input).
-        file: PathBuf,
-        #[command(flatten)]
-        store: StoreArgs,
-    },
-}
-
-/// Which store to use.
-#[derive(Debug, clap::Args)]
-struct StoreArgs {
-    /// The embedded store's directory [default: ./data].
-    #[arg(long, env = "GUARDIAN_ACCESS_DATA_DIR", conflicts_with = "store")]
-    data_dir: Option<PathBuf>,
-    /// `postgres://…` instead of the embedded store.
-    #[arg(long, env = "GUARDIAN_ACCESS_STORE")]
-    store: Option<String>,
-}
-
-/// Where the people and rules come from.
-#[derive(Debug, clap::Args)]
-struct Source {
-    /// A scenario file (people, settings, restrictions and grants as JSON)
-    /// instead of the store.
-    #[arg(long, conflicts_with_all = ["data_dir", "store"])]
-    scenario: Option<PathBuf>,
-    #[command(flatten)]
-    store: StoreArgs,
-    /// Region settings (TOML), as for `serve`.
-    #[arg(long, env = "GUARDIAN_ACCESS_CONFIG")]
-    config: Option<PathBuf>,
-}
-
-#[derive(Debug, clap::Args)]
-struct At {
-    /// The instant to decide at: RFC 3339 with an offset, or a date (local
-    /// midnight in Stockholm). Default: now.
-    #[arg(long)]
-    at: Option<String>,
-}
+use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Serve(args) = cli.command {
-        return match serve::main(*args) {
+    if let Command::Serve(flags) = cli.command {
+        return match cli::serve::main(*flags) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -120,7 +27,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(cli::run(cli.command)) {
         Ok(out) => {
             println!("{out}");
             ExitCode::SUCCESS
@@ -130,159 +37,4 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-async fn run(command: Command) -> Result<String> {
-    match command {
-        Command::Serve(_) => Err(anyhow!("`serve` is not a one-shot command")),
-        Command::Check {
-            source,
-            actor,
-            subject,
-            service,
-            at,
-        } => {
-            let snap = source.snapshot().await?;
-            let at = at.resolve(&snap)?;
-            let today = time::local_date(at, snap.tz());
-            let query = Query {
-                actor: identity(&actor, "actor", today)?,
-                subject: identity(&subject, "subject", today)?,
-                service: service_arg(&service)?,
-                at,
-            };
-            let d = decide(&snap, &query);
-            Ok(serde_json::to_string_pretty(&DecisionBody::new(&d, at, snap.tz()))?)
-        }
-        Command::Children {
-            source,
-            guardian,
-            service,
-            at,
-        } => {
-            let snap = source.snapshot().await?;
-            let at = at.resolve(&snap)?;
-            let guardian = identity(&guardian, "guardian", time::local_date(at, snap.tz()))?;
-            let body = ChildrenBody::new(&snap, guardian, service_arg(&service)?, at);
-            Ok(serde_json::to_string_pretty(&body)?)
-        }
-        Command::ImportPopulation { file, store } => import_population(file, store).await,
-    }
-}
-
-impl StoreArgs {
-    async fn open(&self, create: bool) -> Result<Store> {
-        match &self.store {
-            Some(url) => Ok(Store::open_postgres(url).await?),
-            None => {
-                let dir = serve::data_dir(self.data_dir.as_deref());
-                let store = if create {
-                    Store::open_sqlite(&dir).await
-                } else {
-                    Store::open_sqlite_existing(&dir).await
-                };
-                store.with_context(|| format!("in `{}`", dir.display()))
-            }
-        }
-    }
-}
-
-impl Source {
-    async fn snapshot(&self) -> Result<Snapshot> {
-        if let Some(path) = &self.scenario {
-            let scenario = Scenario::load(path)?;
-            let settings = match &self.config {
-                Some(c) => serve::settings(Some(c))?,
-                None => scenario.settings()?,
-            };
-            return scenario
-                .snapshot_with(settings)
-                .with_context(|| format!("in scenario `{}`", path.display()));
-        }
-        let store = self.store.open(false).await?;
-        let settings = Arc::new(serve::settings(self.config.as_deref())?);
-        let config = NodeConfig {
-            data_dir: self
-                .store
-                .store
-                .is_none()
-                .then(|| serve::data_dir(self.store.data_dir.as_deref())),
-            ..NodeConfig::default()
-        };
-        Ok(node::load_once(store, settings, config).await?)
-    }
-}
-
-impl At {
-    fn resolve(&self, snap: &Snapshot) -> Result<Instant> {
-        match &self.at {
-            None => Instant::from_timestamp(jiff::Timestamp::now()).ok_or_else(|| anyhow!("the clock is out of range")),
-            Some(s) => time::parse_instant(s, snap.tz()).map_err(|e| anyhow!("`at`: {e}")),
-        }
-    }
-}
-
-/// Parses an identity argument; the error names the field, never the input.
-fn identity(input: &str, field: &str, today: jiff::civil::Date) -> Result<Pid> {
-    Pid::parse(input, today).map_err(|e| anyhow!("`{field}`: {} ({e})", e.code()))
-}
-
-fn service_arg(s: &str) -> Result<Service> {
-    Service::parse(s).ok_or_else(|| anyhow!("`service`: must be `journal` or `eservices`"))
-}
-
-/// Streams `file` through the NDJSON reader into one store transaction.
-async fn import_population(file: PathBuf, store: StoreArgs) -> Result<String> {
-    let started = std::time::Instant::now();
-    let store = store.open(true).await?;
-    let today = time::local_date(
-        Instant::from_timestamp(jiff::Timestamp::now()).unwrap_or(Instant::MAX),
-        &time::stockholm()?,
-    );
-    let (tx, rx) = tokio::sync::mpsc::channel::<ImportMsg>(4);
-    let reader = tokio::task::spawn_blocking(move || -> Result<u64> {
-        let mut input: Box<dyn Read> = if file.as_os_str() == "-" {
-            Box::new(std::io::stdin())
-        } else {
-            Box::new(std::fs::File::open(&file).with_context(|| format!("cannot read `{}`", file.display()))?)
-        };
-        let mut lines = ndjson::Reader::new(today);
-        let mut buf = vec![0u8; 1 << 20];
-        let mut batch = Vec::with_capacity(IMPORT_BATCH);
-        loop {
-            let n = input.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            lines
-                .feed(&buf[..n], &mut batch)
-                .map_err(|e| anyhow!("{}", e.message))?;
-            if batch.len() >= IMPORT_BATCH {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH));
-                if tx.blocking_send(ImportMsg::Batch(full)).is_err() {
-                    return Ok(lines.lines());
-                }
-            }
-        }
-        lines.finish(&mut batch).map_err(|e| anyhow!("{}", e.message))?;
-        let _ = tx.blocking_send(ImportMsg::Batch(batch));
-        let _ = tx.blocking_send(ImportMsg::End);
-        Ok(lines.lines())
-    });
-    let by = Caller {
-        name: "import-population (command line)".into(),
-        role: Role::Population,
-        unit: None,
-    };
-    let imported = store.import(rx, &by).await;
-    reader.await??;
-    let imported = imported?;
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(serde_json::to_string_pretty(&serde_json::json!({
-        "upserted": imported.upserted,
-        "changed": imported.changed,
-        "revision": imported.revision,
-        "seconds": (seconds * 1000.0).round() / 1000.0,
-        "persons_per_second": (imported.upserted as f64 / seconds).round(),
-    }))?)
 }

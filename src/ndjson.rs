@@ -16,9 +16,9 @@ use jiff::civil::Date;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::api::ApiError;
-use crate::identity::Pid;
-use crate::people::PersonRecord;
+use crate::core::identity::Pid;
+use crate::core::people::PersonRecord;
+use crate::http::error::{ApiError, ErrorCode};
 
 /// Longest accepted line.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -183,8 +183,7 @@ fn record<'a>(
                 .flatten()
                 .ok_or_else(|| {
                     ApiError::new(
-                        400,
-                        "invalid_time",
+                        ErrorCode::InvalidTime,
                         "`birth_date`: must be a date `YYYY-MM-DD`",
                         Some("birth_date"),
                     )
@@ -341,7 +340,11 @@ mod tests {
                 GOOD.lines().nth(1).unwrap()
             );
             let e = read(&text, 3).unwrap_err();
-            assert_eq!((e.code, e.field.as_deref(), e.line), (code, field, Some(2)), "{bad}");
+            assert_eq!(
+                (e.code.as_str(), e.field.as_deref(), e.line),
+                (code, field, Some(2)),
+                "{bad}"
+            );
             assert!(e.message.starts_with("line 2: "), "{}", e.message);
             let body = String::from_utf8(e.body()).unwrap();
             for digits in ["2015091623", "1977010123", "0829M071"] {
@@ -354,6 +357,6 @@ mod tests {
     fn an_overlong_line_is_refused_before_it_is_buffered_whole() {
         let long = format!("{{\"id\": \"{}\"", "x".repeat(MAX_LINE));
         let e = read(&long, 4096).unwrap_err();
-        assert_eq!((e.code, e.line), ("invalid_request", Some(1)));
+        assert_eq!((e.code.as_str(), e.line), ("invalid_request", Some(1)));
     }
 }

@@ -9,11 +9,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::error;
 
-use crate::admin::{self, Admin};
-use crate::auth::Tokens;
-use crate::model::Settings;
-use crate::node::{Node, NodeConfig};
-use crate::server::{self, ListenerConfig, State};
+use crate::clock::Clock;
+use crate::core::model::Settings;
+use crate::http::admin::auth::Tokens;
+use crate::http::admin::{self, Admin};
+use crate::http::check::{self, State};
+use crate::http::listener::{self, ListenerConfig};
+use crate::http::metrics::Metrics;
+use crate::node::{Node, NodeConfig, Publication};
 use crate::store::{Store, StoreError};
 
 /// What the service is started with.
@@ -29,6 +32,9 @@ pub struct Options {
     pub tokens: Tokens,
     /// Where the data comes from, for `/v1/status`.
     pub source: String,
+    /// Where "now" comes from: checks without `at`, commit times, the
+    /// admin write path. The binary passes [`Clock::system`].
+    pub clock: Clock,
 }
 
 /// A running service.
@@ -49,7 +55,15 @@ pub fn start(
     store: impl Future<Output = Result<Store, StoreError>> + Send + 'static,
     options: Options,
 ) -> Service {
-    let state = Arc::new(State::new(options.listener.clone(), options.source.clone()));
+    let cell = Arc::new(Publication::new(options.clock.clone()));
+    let metrics = Arc::new(Metrics::default());
+    let state = Arc::new(State::new(
+        cell.clone(),
+        metrics.clone(),
+        options.listener.clone(),
+        options.source.clone(),
+        options.clock.clone(),
+    ));
     let (stop, _) = watch::channel(false);
     let stopped = {
         let stop = stop.clone();
@@ -65,11 +79,11 @@ pub fn start(
     let mut tasks = Vec::new();
 
     let handler_slot = slot.clone();
-    let admin_state = state.clone();
+    let admin_metrics = metrics.clone();
     let admin_listener = options.listener.clone();
     let admin_stopped = stopped();
     tasks.push(tokio::spawn(async move {
-        let served = server::serve(admin, &admin_listener, admin_state, admin_stopped, move |req| {
+        let served = listener::serve(admin, &admin_listener, admin_metrics, admin_stopped, move |req| {
             let slot = handler_slot.clone();
             async move {
                 match slot.get() {
@@ -82,7 +96,7 @@ pub fn start(
             error!(error = %e, "the admin listener failed");
         }
     }));
-    let check_server = server::run(check, state.clone(), stopped());
+    let check_server = check::run(check, state.clone(), stopped());
     tasks.push(tokio::spawn(async move {
         if let Err(e) = check_server.await {
             error!(error = %e, "the check listener failed");
@@ -93,9 +107,9 @@ pub fn start(
         node: node_config,
         settings,
         tokens,
+        clock,
         ..
     } = options;
-    let opening_state = state.clone();
     let opening_nodes = node_slot.clone();
     let mut stopping = stop.subscribe();
     tasks.push(tokio::spawn(async move {
@@ -110,9 +124,14 @@ pub fn start(
                 return;
             }
         };
-        let node = Arc::new(Node::start(store, opening_state, settings, node_config));
+        let node = Arc::new(Node::start(
+            store.with_clock(clock.clone()),
+            cell,
+            settings,
+            node_config,
+        ));
         let _ = opening_nodes.set(node.clone());
-        match Admin::new(node, tokens) {
+        match Admin::new(node, tokens, metrics, clock) {
             Ok(a) => {
                 let _ = slot.set(Arc::new(a));
             }

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use jiff::ToSpan;
 use jiff::civil::Date;
 
-use crate::decide::Query;
-use crate::identity::{Pid, make_pid};
-use crate::model::{HsaId, Rule, RuleId, RuleKind, Service, Services, Settings};
-use crate::snapshot::{BuildError, PeopleBuilder, Rules, Snapshot};
-use crate::time::{self, Instant};
+use crate::core::decide::Query;
+use crate::core::identity::{Pid, make_pid};
+use crate::core::model::{HsaId, Rule, RuleId, RuleKind, Service, Services, Settings};
+use crate::core::snapshot::{BuildError, PeopleBuilder, Rules, Snapshot};
+use crate::core::time::{self, Instant};
 
 /// How big a population to make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +140,7 @@ pub fn generate(scale: Scale, seed: u64) -> Result<Synthetic, BuildError> {
 
 impl Population {
     /// The population records, as an import would deliver them.
-    pub fn records(&self) -> impl Iterator<Item = crate::people::PersonRecord> + '_ {
+    pub fn records(&self) -> impl Iterator<Item = crate::core::people::PersonRecord> + '_ {
         self.people.records()
     }
 
@@ -319,7 +319,7 @@ impl Synthetic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::{Reason, decide};
+    use crate::core::decide::{Reason, decide};
 
     #[test]
     fn small_population_is_consistent_and_deterministic() {

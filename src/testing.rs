@@ -2,10 +2,10 @@
 
 use jiff::civil::date;
 
-use crate::identity::Pid;
-use crate::model::Settings;
-use crate::people::{People, PeopleBuilder};
-use crate::time;
+use crate::core::identity::Pid;
+use crate::core::model::Settings;
+use crate::core::people::{People, PeopleBuilder};
+use crate::core::time;
 
 /// Parses a test number, resolving 10-digit forms against 2026-11-23.
 pub(crate) fn pid(s: &str) -> Pid {

@@ -670,7 +670,7 @@ async fn everything_survives_a_restart_and_the_snapshot_file_is_served_to_peers(
     let copy = dir.path().join("copy");
     std::fs::write(&copy, &file.body).unwrap();
     let id = i.service.node().unwrap().store().id().to_owned();
-    let snap = guardian_access::snapfile::read(&copy, &id, std::sync::Arc::new(Default::default())).unwrap();
+    let snap = guardian_access::node::snapfile::read(&copy, &id, std::sync::Arc::new(Default::default())).unwrap();
     assert!(snap.revision() <= revision);
     i.stop().await;
 

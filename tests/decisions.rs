@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use guardian_access::fixtures::{CaseFile, Scenario};
-use guardian_access::wire::DecisionBody;
+use guardian_access::http::wire::DecisionBody;
 use guardian_access::{Snapshot, decide};
 
 fn scenario_files() -> Vec<PathBuf> {

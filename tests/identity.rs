@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use guardian_access::identity::{IdKind, make_pid};
+use guardian_access::core::identity::{IdKind, make_pid};
 use guardian_access::{IdentityError, Pid};
 use jiff::civil::{Date, date};
 use proptest::prelude::*;

@@ -9,8 +9,11 @@ mod support;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use guardian_access::clock::Clock;
+use guardian_access::core::time::Instant;
 use guardian_access::fixtures::Scenario;
-use guardian_access::server::{self, ListenerConfig, State};
+use guardian_access::http::check::{self, State};
+use guardian_access::http::listener::ListenerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -55,10 +58,14 @@ async fn a_trace_level_log_holds_no_identity_number() {
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = Arc::new(State::new(ListenerConfig::default(), "test"));
-    state.publish(Scenario::demo().unwrap().snapshot().unwrap());
+    let state = Arc::new(State::detached(
+        ListenerConfig::default(),
+        "test",
+        Clock::manual(Instant::from_timestamp("2026-11-23T09:00:00Z".parse().unwrap()).unwrap()),
+    ));
+    state.cell.publish(Scenario::demo().unwrap().snapshot().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(listener, state.clone(), async {
+    let task = tokio::spawn(check::run(listener, state.clone(), async {
         let _ = stopped.await;
     }));
 

@@ -14,8 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use guardian_access::clock::Clock;
+use guardian_access::core::time::Instant;
 use guardian_access::fixtures::Scenario;
-use guardian_access::server::{self, ListenerConfig, State};
+use guardian_access::http::check::{self, State};
+use guardian_access::http::listener::ListenerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -167,10 +170,14 @@ async fn nginx_auth_request_forwards_only_what_is_allowed() {
 
     let check = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let check_port = check.local_addr().unwrap().port();
-    let state = Arc::new(State::new(ListenerConfig::default(), "test"));
-    state.publish(Scenario::demo().unwrap().snapshot().unwrap());
+    let state = Arc::new(State::detached(
+        ListenerConfig::default(),
+        "test",
+        Clock::manual(Instant::from_timestamp("2026-11-23T09:00:00Z".parse().unwrap()).unwrap()),
+    ));
+    state.cell.publish(Scenario::demo().unwrap().snapshot().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(server::run(check, state.clone(), async {
+    let served = tokio::spawn(check::run(check, state.clone(), async {
         let _ = stopped.await;
     }));
 

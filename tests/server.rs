@@ -9,8 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use guardian_access::clock::Clock;
+use guardian_access::core::time::Instant;
 use guardian_access::fixtures::Scenario;
-use guardian_access::server::{self, AuthzHeaders, ListenerConfig, State};
+use guardian_access::http::check::{self, State};
+use guardian_access::http::listener::{AuthzHeaders, ListenerConfig};
 use http_body_util::{BodyExt, Full};
 use hyper::header::HeaderName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,12 +34,16 @@ impl Running {
     async fn start(config: ListenerConfig, publish: bool) -> Running {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(State::new(config, "test"));
+        let state = Arc::new(State::detached(
+            config,
+            "test",
+            Clock::manual(Instant::from_timestamp("2026-11-23T09:00:00Z".parse().unwrap()).unwrap()),
+        ));
         if publish {
-            state.publish(Scenario::demo().unwrap().snapshot().unwrap());
+            state.cell.publish(Scenario::demo().unwrap().snapshot().unwrap());
         }
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(listener, state.clone(), async {
+        let task = tokio::spawn(check::run(listener, state.clone(), async {
             let _ = stopped.await;
         }));
         Running {
@@ -484,7 +491,7 @@ async fn before_a_snapshot_every_check_fails_closed() {
     assert!(c.get("/metrics").await.text().contains("guardian_access_ready 0"));
 
     // Publishing makes it ready, on the same connection.
-    s.state.publish(Scenario::demo().unwrap().snapshot().unwrap());
+    s.state.cell.publish(Scenario::demo().unwrap().snapshot().unwrap());
     assert_eq!(c.post("/v1/check", &body).await.status, 200);
     let r = c.get("/readyz").await;
     assert_eq!((r.status, r.json()["revision"].as_u64()), (200, Some(1)));
@@ -499,7 +506,7 @@ async fn a_new_snapshot_is_answered_from_at_once() {
     assert_eq!(c.post("/v1/check", &body).await.json()["revision"], 1);
     let snap = Scenario::demo().unwrap().snapshot().unwrap();
     let rules = Arc::new(guardian_access::Rules::new(snap.rules().iter().cloned().collect()));
-    s.state.publish(snap.with_rules(7, rules));
+    s.state.cell.publish(snap.with_rules(7, rules));
     assert_eq!(c.post("/v1/check", &body).await.json()["revision"], 7);
     assert_eq!(c.get("/v1/status").await.json()["revision"], 7);
     s.shutdown().await;
@@ -619,8 +626,12 @@ async fn shutdown_stops_accepting_and_returns() {
 /// In process, without a socket: the same `handle` the listener calls.
 #[tokio::test]
 async fn handle_answers_in_process() {
-    let state = State::new(ListenerConfig::default(), "in-process");
-    state.publish(Scenario::demo().unwrap().snapshot().unwrap());
+    let state = State::detached(
+        ListenerConfig::default(),
+        "in-process",
+        Clock::manual(Instant::from_timestamp("2026-11-23T09:00:00Z".parse().unwrap()).unwrap()),
+    );
+    state.cell.publish(Scenario::demo().unwrap().snapshot().unwrap());
     let req = hyper::Request::post("/v1/check")
         .body(Full::new(Bytes::from(check_body(
             "197701022381",
@@ -628,7 +639,7 @@ async fn handle_answers_in_process() {
             "eservices",
         ))))
         .unwrap();
-    let resp = server::handle(&state, req).await;
+    let resp = check::handle(&state, req).await;
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -637,5 +648,5 @@ async fn handle_answers_in_process() {
     let req = hyper::Request::get("/v1/check/batch")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    assert_eq!(server::handle(&state, req).await.status(), 405);
+    assert_eq!(check::handle(&state, req).await.status(), 405);
 }

@@ -23,76 +23,28 @@
 //! `synchronous = FULL`; PostgreSQL: `synchronous_commit` on).
 
 pub mod postgres;
+mod protocol;
 mod schema;
+mod sql;
 pub mod sqlite;
 
 use std::path::Path;
 
-use jiff::civil::Date;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::identity::Pid;
-use crate::model::{HsaId, Rule, RuleId, RuleKind};
-use crate::people::PersonRecord;
-use crate::time::Instant;
+use crate::actor::Caller;
+use crate::clock::Clock;
+use crate::core::identity::Pid;
+use crate::core::model::{HsaId, Rule, RuleId, RuleKind};
+use crate::core::people::PersonRecord;
+use crate::core::time::Instant;
 
 /// The file name of the embedded store inside `--data-dir`.
 pub const SQLITE_FILE: &str = "guardian-access.db";
 
 /// Records per message on an import channel.
 pub const IMPORT_BATCH: usize = 16_384;
-
-/// A token holder's role (SPEC §5, plus `peer` for fetching snapshots).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// The contact center / IT service desk: writes on behalf of any unit.
-    Registrar,
-    /// A care unit: writes only as itself.
-    Unit,
-    /// The population feed.
-    Population,
-    /// Reads everything, writes nothing.
-    Auditor,
-    /// Another instance of the fleet: may fetch snapshot files, nothing else.
-    Peer,
-}
-
-impl Role {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Registrar => "registrar",
-            Role::Unit => "unit",
-            Role::Population => "population",
-            Role::Auditor => "auditor",
-            Role::Peer => "peer",
-        }
-    }
-
-    /// Parses a wire name.
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "registrar" => Some(Role::Registrar),
-            "unit" => Some(Role::Unit),
-            "population" => Some(Role::Population),
-            "auditor" => Some(Role::Auditor),
-            "peer" => Some(Role::Peer),
-            _ => None,
-        }
-    }
-}
-
-/// Who is writing: the holder of an admin token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// The token's name ("Kontaktcenter RJL"); goes into the audit trail.
-    pub name: String,
-    /// Its role.
-    pub role: Role,
-    /// For `unit` tokens, the unit.
-    pub unit: Option<HsaId>,
-}
 
 /// Restrictions (block, seal) or grants (extended and early access): the two
 /// families have separate endpoints, and an id of one is not found by the other.
@@ -243,6 +195,9 @@ pub enum Changes {
     },
     /// More persons changed than the caller wants as a delta: load everything.
     TooMany(u64),
+    /// The log does not follow on from the revision asked about (the store
+    /// is behind it, or has a gap): the reader must rebuild from scratch.
+    Diverged(String),
 }
 
 /// Everything in the store, read in one consistent transaction.
@@ -251,7 +206,7 @@ pub struct Loaded {
     /// The revision it is at.
     pub revision: u64,
     /// Every person record, ready to build.
-    pub people: crate::people::PeopleBuilder,
+    pub people: crate::core::people::PeopleBuilder,
     /// Every restriction and grant, lifted ones too.
     pub rules: Vec<Rule>,
 }
@@ -318,17 +273,11 @@ pub enum StoreError {
     Schema(i64, i64),
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> StoreError {
-        StoreError::Unavailable(e.to_string())
-    }
-}
-
 /// A change to a stored restriction or grant (a lift or a confirmation):
 /// what to check against the stored rule, which columns record it, and what
 /// the audit trail says. Both backends apply it the same way.
 #[derive(Debug)]
-pub struct RuleUpdate {
+pub(crate) struct RuleUpdate {
     action: &'static str,
     at_column: &'static str,
     record_column: &'static str,
@@ -344,7 +293,7 @@ enum Plan {
 
 impl RuleUpdate {
     /// Lifting: `lifted_at` and the lift record.
-    pub fn lift(req: LiftRequest) -> RuleUpdate {
+    fn lift(req: LiftRequest) -> RuleUpdate {
         RuleUpdate {
             action: "lift",
             at_column: "lifted_at",
@@ -355,7 +304,7 @@ impl RuleUpdate {
     }
 
     /// Confirming: `confirmed_at` and the confirmation record.
-    pub fn confirm(req: ConfirmRequest) -> RuleUpdate {
+    fn confirm(req: ConfirmRequest) -> RuleUpdate {
         RuleUpdate {
             action: "confirm",
             at_column: "confirmed_at",
@@ -419,175 +368,14 @@ pub fn create_action(kind: RuleKind) -> &'static str {
     }
 }
 
-/// Guardians as stored: canonical numbers separated by commas.
-pub fn guardians_text(guardians: &[Pid]) -> String {
-    let mut out = String::with_capacity(guardians.len() * 13);
-    for (i, g) in guardians.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&g.to_string());
-    }
-    out
-}
-
-/// Reads stored guardians back, validating every number.
-pub fn parse_guardians(text: &str) -> Result<Vec<Pid>, StoreError> {
-    if text.is_empty() {
-        return Ok(Vec::new());
-    }
-    text.split(',')
-        .map(|g| {
-            g.parse::<u64>()
-                .ok()
-                .and_then(|v| Pid::from_u64(v).ok())
-                .ok_or_else(|| StoreError::Corrupt("a stored guardian is not a valid number".into()))
-        })
-        .collect()
-}
-
-/// Reads a stored number back.
-pub fn stored_pid(v: i64) -> Result<Pid, StoreError> {
-    u64::try_from(v)
-        .ok()
-        .and_then(|v| Pid::from_u64(v).ok())
-        .ok_or_else(|| StoreError::Corrupt("a stored number is not valid".into()))
-}
-
-/// Reads a stored birth date back.
-pub fn stored_date(s: Option<String>) -> Result<Option<Date>, StoreError> {
-    s.map(|s| {
-        s.parse::<Date>()
-            .map_err(|_| StoreError::Corrupt("a stored birth date is not a date".into()))
-    })
-    .transpose()
-}
-
-/// Care units as stored: HSA-IDs separated by commas.
-pub fn units_text(units: &[HsaId]) -> String {
-    units.iter().map(HsaId::as_str).collect::<Vec<_>>().join(",")
-}
-
-/// Reads stored care units back.
-pub fn parse_units(text: Option<String>) -> Result<Option<std::sync::Arc<[HsaId]>>, StoreError> {
-    text.map(|t| {
-        t.split(',')
-            .map(|u| HsaId::parse(u).map_err(|_| StoreError::Corrupt("a stored care unit is not an HSA-ID".into())))
-            .collect()
-    })
-    .transpose()
-}
-
-/// Reads stored JSON back.
-pub fn parse_json(text: &str) -> Result<Value, StoreError> {
-    serde_json::from_str(text).map_err(|_| StoreError::Corrupt("stored JSON is invalid".into()))
-}
-
-/// A `rules` row as both backends read it, before validation.
-#[derive(Debug)]
-pub struct RuleRow {
-    pub(crate) id: i64,
-    pub(crate) kind: String,
-    pub(crate) subject: i64,
-    pub(crate) guardian: Option<i64>,
-    pub(crate) services: i64,
-    pub(crate) valid_from: i64,
-    pub(crate) valid_until: Option<i64>,
-    pub(crate) lifted_at: Option<i64>,
-    pub(crate) care_units: Option<String>,
-    pub(crate) issuing_unit: String,
-    pub(crate) decided_by: String,
-    pub(crate) requested_by: Option<String>,
-    pub(crate) basis: String,
-    pub(crate) urgent: bool,
-    pub(crate) reference: Option<String>,
-    pub(crate) created_at: i64,
-    pub(crate) created_by: String,
-    pub(crate) confirmed_at: Option<i64>,
-    pub(crate) confirmation: Option<String>,
-    pub(crate) lift: Option<String>,
-    pub(crate) revision: i64,
-}
-
-/// The columns of [`RuleRow`], in order, for `SELECT`s.
-pub const RULE_COLUMNS: &str = "id, kind, subject, guardian, services, valid_from, valid_until, lifted_at, \
-     care_units, issuing_unit, decided_by, requested_by, basis, urgent, reference, created_at, created_by, \
-     confirmed_at, confirmation, lift, revision";
-
-impl RuleRow {
-    /// The rule as checks see it, validated.
-    pub fn rule(&self) -> Result<Rule, StoreError> {
-        let corrupt = |what: &str| StoreError::Corrupt(format!("rule {}: {what}", self.id));
-        Ok(Rule {
-            id: RuleId(u64::try_from(self.id).map_err(|_| corrupt("bad id"))?),
-            kind: RuleKind::parse(&self.kind).ok_or_else(|| corrupt("unknown kind"))?,
-            subject: stored_pid(self.subject)?,
-            guardian: self.guardian.map(stored_pid).transpose()?,
-            services: u8::try_from(self.services)
-                .ok()
-                .and_then(crate::model::Services::from_bits)
-                .ok_or_else(|| corrupt("unknown services"))?,
-            valid_from: Instant::from_nanos(self.valid_from),
-            valid_until: self.valid_until.map(Instant::from_nanos),
-            lifted_at: self.lifted_at.map(Instant::from_nanos),
-            care_units: parse_units(self.care_units.clone())?,
-        })
-    }
-
-    /// The whole record, validated.
-    pub fn stored(self) -> Result<StoredRule, StoreError> {
-        let rule = self.rule()?;
-        Ok(StoredRule {
-            rule,
-            meta: RuleMeta {
-                issuing_unit: HsaId::parse(&self.issuing_unit)
-                    .map_err(|_| StoreError::Corrupt("a stored issuing unit is not an HSA-ID".into()))?,
-                decided_by: parse_json(&self.decided_by)?,
-                requested_by: self.requested_by.as_deref().map(parse_json).transpose()?,
-                basis: self.basis,
-                urgent: self.urgent,
-                reference: self.reference,
-            },
-            created_at: Instant::from_nanos(self.created_at),
-            created_by: self.created_by,
-            confirmed_at: self.confirmed_at.map(Instant::from_nanos),
-            confirmation: self.confirmation.as_deref().map(parse_json).transpose()?,
-            lift: self.lift.as_deref().map(parse_json).transpose()?,
-            revision: u64::try_from(self.revision).map_err(|_| StoreError::Corrupt("a bad revision".into()))?,
-        })
-    }
-}
-
-/// A `persons` or `person_history` row before validation.
-#[derive(Debug)]
-pub struct PersonRow {
-    pub(crate) id: i64,
-    pub(crate) birth_date: Option<String>,
-    pub(crate) protected: bool,
-    pub(crate) guardians: String,
-    pub(crate) revision: i64,
-}
-
-impl PersonRow {
-    /// The record, validated.
-    pub fn record(self) -> Result<PersonRecord, StoreError> {
-        Ok(PersonRecord {
-            id: stored_pid(self.id)?,
-            birth_date: stored_date(self.birth_date)?,
-            protected: self.protected,
-            guardians: parse_guardians(&self.guardians)?,
-        })
-    }
-}
-
 /// What the audit trail records about a new rule.
-pub fn rule_detail(new: &NewRule) -> Value {
+fn rule_detail(new: &NewRule) -> Value {
     let r = &new.rule;
     let m = &new.meta;
     serde_json::json!({
         "kind": r.kind.as_str(),
         "guardian": r.guardian.map(|g| g.to_string()),
-        "services": r.services.iter().map(crate::model::Service::as_str).collect::<Vec<_>>(),
+        "services": r.services.iter().map(crate::core::model::Service::as_str).collect::<Vec<_>>(),
         "valid_from": r.valid_from.to_timestamp().to_string(),
         "valid_until": r.valid_until.map(|u| u.to_timestamp().to_string()),
         "care_units": r.care_units.as_ref().map(|u| u.iter().map(|h| h.as_str().to_owned()).collect::<Vec<_>>()),
@@ -620,19 +408,15 @@ fn confirm_detail(req: &ConfirmRequest) -> Value {
 }
 
 /// A fresh store id: 128 random bits in hex.
-pub fn new_store_id() -> Result<String, StoreError> {
+fn new_store_id() -> Result<String, StoreError> {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).map_err(|e| StoreError::Unavailable(format!("no randomness: {e}")))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
-/// The current instant, for commit times.
-pub fn now() -> Instant {
-    Instant::from_timestamp(jiff::Timestamp::now()).unwrap_or(Instant::MAX)
-}
-
 /// One of the two backends. An enum rather than a trait object: the two
-/// are fixed, and async methods then need no boxing.
+/// are fixed, and async methods then need no boxing. Each method runs the
+/// one [`protocol`] on the backend's transactions.
 #[derive(Debug, Clone)]
 pub enum Store {
     /// SQLite in `--data-dir`.
@@ -644,25 +428,28 @@ pub enum Store {
 impl Store {
     /// Opens (creating and migrating if needed) the embedded store in `dir`.
     pub async fn open_sqlite(dir: &Path) -> Result<Store, StoreError> {
-        let dir = dir.to_owned();
-        let s = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&dir.join(SQLITE_FILE)))
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
-        Ok(Store::Sqlite(s))
+        let path = dir.join(SQLITE_FILE);
+        sqlite::SqliteStore::open(path, true).await.map(Store::Sqlite)
     }
 
     /// Opens the embedded store in `dir`, which must exist (for the command line).
     pub async fn open_sqlite_existing(dir: &Path) -> Result<Store, StoreError> {
-        let dir = dir.to_owned();
-        let s = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open_existing(&dir.join(SQLITE_FILE)))
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
-        Ok(Store::Sqlite(s))
+        let path = dir.join(SQLITE_FILE);
+        sqlite::SqliteStore::open(path, false).await.map(Store::Sqlite)
     }
 
     /// Connects to (creating and migrating if needed) a PostgreSQL store.
     pub async fn open_postgres(url: &str) -> Result<Store, StoreError> {
         Ok(Store::Postgres(postgres::PgStore::open(url).await?))
+    }
+
+    /// The same store with commit times from `clock` (the system clock
+    /// unless told otherwise).
+    pub fn with_clock(self, clock: Clock) -> Store {
+        match self {
+            Store::Sqlite(s) => Store::Sqlite(s.with_clock(clock)),
+            Store::Postgres(s) => Store::Postgres(s.with_clock(clock)),
+        }
     }
 
     /// A unique id made when the store was created; snapshot files carry it.
@@ -684,8 +471,8 @@ impl Store {
     /// The store's current revision.
     pub async fn revision(&self) -> Result<u64, StoreError> {
         match self {
-            Store::Sqlite(s) => s.run(|s| s.revision()).await,
-            Store::Postgres(s) => s.revision().await,
+            Store::Sqlite(s) => s.read(async |tx| protocol::revision(tx).await).await,
+            Store::Postgres(s) => s.read(async |tx| protocol::revision(tx).await).await,
         }
     }
 
@@ -699,8 +486,14 @@ impl Store {
     ) -> Result<Committed, StoreError> {
         let by = by.clone();
         match self {
-            Store::Sqlite(s) => s.run(move |s| s.create_rule(&new, require_guardian, &by)).await,
-            Store::Postgres(s) => s.create_rule(&new, require_guardian, &by).await,
+            Store::Sqlite(s) => {
+                s.write(async move |tx, rev, at| protocol::create_rule(tx, rev, at, &new, require_guardian, &by).await)
+                    .await
+            }
+            Store::Postgres(s) => {
+                s.write(async |tx, rev, at| protocol::create_rule(tx, rev, at, &new, require_guardian, &by).await)
+                    .await
+            }
         }
     }
 
@@ -717,61 +510,68 @@ impl Store {
     async fn update_rule(&self, id: RuleId, update: RuleUpdate, by: &Caller) -> Result<Committed, StoreError> {
         let by = by.clone();
         match self {
-            Store::Sqlite(s) => s.run(move |s| s.update_rule(id, &update, &by)).await,
-            Store::Postgres(s) => s.update_rule(id, &update, &by).await,
+            Store::Sqlite(s) => {
+                s.write(async move |tx, rev, at| protocol::update_rule(tx, rev, at, id, &update, &by).await)
+                    .await
+            }
+            Store::Postgres(s) => {
+                s.write(async |tx, rev, at| protocol::update_rule(tx, rev, at, id, &update, &by).await)
+                    .await
+            }
         }
     }
 
     /// Imports population records arriving on `rx` in one transaction: all
     /// or nothing.
     pub async fn import(&self, rx: mpsc::Receiver<ImportMsg>, by: &Caller) -> Result<Imported, StoreError> {
-        let by = by.clone();
         match self {
-            Store::Sqlite(s) => s.run(move |s| s.import(rx, &by)).await,
-            Store::Postgres(s) => s.import(rx, &by).await,
+            Store::Sqlite(s) => s.import(rx, by).await,
+            Store::Postgres(s) => s.import(rx, by).await,
         }
     }
 
     /// Writes a scenario's people and rules as they are (lifted ones
     /// included), for `--demo` and `--scenario`: a throwaway store only.
     pub async fn seed(&self, persons: Vec<PersonRecord>, rules: Vec<NewRule>, by: &Caller) -> Result<u64, StoreError> {
-        let by = by.clone();
         match self {
-            Store::Sqlite(s) => s.run(move |s| s.seed(&persons, &rules, &by)).await,
-            Store::Postgres(s) => s.seed(&persons, &rules, &by).await,
+            Store::Sqlite(s) => s.seed(persons, rules, by).await,
+            Store::Postgres(s) => s.seed(persons, rules, by).await,
         }
     }
 
     /// What changed after `after`; `TooMany` when more than `max_persons`
-    /// person records did.
+    /// person records did; `Diverged` when the log does not follow on.
     pub async fn changes(&self, after: u64, max_persons: u64) -> Result<Changes, StoreError> {
         match self {
-            Store::Sqlite(s) => s.run(move |s| s.changes(after, max_persons)).await,
-            Store::Postgres(s) => s.changes(after, max_persons).await,
+            Store::Sqlite(s) => {
+                s.read(async move |tx| protocol::changes(tx, after, max_persons).await)
+                    .await
+            }
+            Store::Postgres(s) => s.read(async |tx| protocol::changes(tx, after, max_persons).await).await,
         }
     }
 
     /// Everything, at one revision.
     pub async fn load(&self) -> Result<Loaded, StoreError> {
         match self {
-            Store::Sqlite(s) => s.run(|s| s.load()).await,
-            Store::Postgres(s) => s.load().await,
+            Store::Sqlite(s) => s.read(async |tx| protocol::load(tx).await).await,
+            Store::Postgres(s) => s.read(async |tx| protocol::load(tx).await).await,
         }
     }
 
     /// A person's record, if the population data has one.
     pub async fn person(&self, pid: Pid) -> Result<Option<StoredPerson>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.run(move |s| s.person(pid)).await,
-            Store::Postgres(s) => s.person(pid).await,
+            Store::Sqlite(s) => s.read(async move |tx| protocol::person(tx, pid).await).await,
+            Store::Postgres(s) => s.read(async |tx| protocol::person(tx, pid).await).await,
         }
     }
 
     /// Every restriction and grant on a subject, lifted ones too, oldest first.
     pub async fn rules_of(&self, subject: Pid) -> Result<Vec<StoredRule>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.run(move |s| s.rules_of(subject)).await,
-            Store::Postgres(s) => s.rules_of(subject).await,
+            Store::Sqlite(s) => s.read(async move |tx| protocol::rules_of(tx, subject).await).await,
+            Store::Postgres(s) => s.read(async |tx| protocol::rules_of(tx, subject).await).await,
         }
     }
 
@@ -780,8 +580,8 @@ impl Store {
     /// their record.
     pub async fn audit_of(&self, subject: Pid) -> Result<Vec<AuditEntry>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.run(move |s| s.audit_of(subject)).await,
-            Store::Postgres(s) => s.audit_of(subject).await,
+            Store::Sqlite(s) => s.read(async move |tx| protocol::audit_of(tx, subject).await).await,
+            Store::Postgres(s) => s.read(async |tx| protocol::audit_of(tx, subject).await).await,
         }
     }
 }

@@ -2,12 +2,7 @@
 //! only a few spellings differ (SQLite's rowid key and `WITHOUT ROWID`,
 //! and how an append-only trigger is written).
 
-/// Which SQL to write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Dialect {
-    Sqlite,
-    Postgres,
-}
+pub(crate) use super::sql::Dialect;
 
 /// The migrations, one entry per schema version; never change a released
 /// one, add one.

@@ -17,13 +17,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use guardian_access::auth::Tokens;
-use guardian_access::identity::Pid;
-use guardian_access::model::{HsaId, Settings};
+use guardian_access::actor::{Caller, Role};
+use guardian_access::clock::Clock;
+use guardian_access::core::identity::Pid;
+use guardian_access::core::model::{HsaId, Settings};
+use guardian_access::core::time::Instant;
+use guardian_access::http::admin::auth::Tokens;
+use guardian_access::http::listener::ListenerConfig;
 use guardian_access::node::NodeConfig;
-use guardian_access::server::ListenerConfig;
 use guardian_access::service::{self, Options, Service};
-use guardian_access::store::{Caller, Role, Store};
+use guardian_access::store::Store;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
@@ -81,7 +84,16 @@ pub fn tokens_file(dir: &Path) -> PathBuf {
 /// A number generated at run time (never committed): a valid personnummer
 /// for the date and serial.
 pub fn pid(year: i16, month: u8, day: u8, serial: u16) -> Pid {
-    guardian_access::identity::make_pid(year, month, day, serial).unwrap()
+    guardian_access::core::identity::make_pid(year, month, day, serial).unwrap()
+}
+
+/// The instant in-process instances are pinned to (10:00 in Stockholm on
+/// a Monday in November 2026): every "now" of theirs, whatever today is.
+pub const NOW: &str = "2026-11-23T09:00:00Z";
+
+/// A clock pinned to [`NOW`].
+pub fn clock() -> Clock {
+    Clock::manual(Instant::from_timestamp(NOW.parse().unwrap()).unwrap())
 }
 
 /// Node settings that react quickly in tests.
@@ -122,6 +134,7 @@ impl Instance {
                 settings: Arc::new(settings),
                 tokens: tokens(),
                 source: "test".into(),
+                clock: clock(),
             },
         );
         let i = Instance {

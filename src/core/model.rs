@@ -6,8 +6,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::identity::Pid;
-use crate::time::{Instant, LeapDay};
+use crate::core::identity::Pid;
+use crate::core::time::{Instant, LeapDay};
 
 /// What the portal asks about (SPEC §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

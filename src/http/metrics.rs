@@ -1,4 +1,4 @@
-//! Prometheus metrics for the check listener: fixed arrays of relaxed
+//! Prometheus metrics for both listeners: fixed arrays of relaxed
 //! atomic counters, so recording is a few uncontended increments and needs
 //! no lock and no allocation.
 //!
@@ -8,8 +8,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::api::ERROR_CODES;
-use crate::decide::Reason;
+use crate::core::decide::Reason;
+use crate::http::error::ErrorCode;
 
 /// The endpoints requests are counted by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ impl Endpoint {
 
 const ENDPOINTS: usize = Endpoint::ALL.len();
 const REASONS: usize = Reason::ALL.len();
-const CODES: usize = ERROR_CODES.len();
+const CODES: usize = ErrorCode::ALL.len();
 
 /// Upper bounds of the latency buckets, in microseconds.
 const BUCKETS_US: [u64; 12] = [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 100_000];
@@ -120,10 +120,10 @@ impl Metrics {
     pub fn request(&self, endpoint: Endpoint, elapsed: std::time::Duration) {
         let e = endpoint as usize;
         self.requests[e].fetch_add(1, Relaxed);
-        let us = elapsed.as_micros() as u64;
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let bucket = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len());
         self.latency[e][bucket].fetch_add(1, Relaxed);
-        self.latency_sum_ns[e].fetch_add(elapsed.as_nanos() as u64, Relaxed);
+        self.latency_sum_ns[e].fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 
     /// Counts one decision.
@@ -132,10 +132,8 @@ impl Metrics {
     }
 
     /// Counts one error answer.
-    pub fn error(&self, endpoint: Endpoint, code: &str) {
-        if let Some(c) = ERROR_CODES.iter().position(|&k| k == code) {
-            self.errors[endpoint as usize][c].fetch_add(1, Relaxed);
-        }
+    pub fn error(&self, endpoint: Endpoint, code: ErrorCode) {
+        self.errors[endpoint as usize][code.index()].fetch_add(1, Relaxed);
     }
 
     /// A connection was accepted.
@@ -198,13 +196,14 @@ impl Metrics {
             "Error answers, by endpoint and code.",
         )?;
         for e in Endpoint::ALL {
-            for (c, code) in ERROR_CODES.iter().enumerate() {
-                let n = self.errors[e as usize][c].load(Relaxed);
+            for code in ErrorCode::ALL {
+                let n = self.errors[e as usize][code.index()].load(Relaxed);
                 if n > 0 {
                     writeln!(
                         out,
-                        "guardian_access_errors_total{{endpoint=\"{}\",code=\"{code}\"}} {n}",
-                        e.as_str()
+                        "guardian_access_errors_total{{endpoint=\"{}\",code=\"{}\"}} {n}",
+                        e.as_str(),
+                        code.as_str()
                     )?;
                 }
             }
@@ -372,7 +371,7 @@ mod tests {
         m.request(Endpoint::Check, Duration::from_micros(7));
         m.request(Endpoint::Check, Duration::from_millis(3));
         m.decision(Endpoint::Check, Reason::Blocked);
-        m.error(Endpoint::Authz, "invalid_identifier");
+        m.error(Endpoint::Authz, ErrorCode::InvalidIdentifier);
         let text = m.render(SnapshotGauges {
             ready: true,
             revision: 42,

@@ -28,11 +28,16 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
-use crate::model::Settings;
-use crate::server::State;
-use crate::snapfile::{self, SnapFileError};
-use crate::snapshot::{BuildError, Rules, Snapshot};
+use crate::clock::Clock;
+use crate::core::model::Settings;
+pub mod peer;
+mod publication;
+pub mod snapfile;
+
+use crate::core::snapshot::{BuildError, Rules, Snapshot};
 use crate::store::{Changes, Loaded, Store, StoreError};
+pub use publication::{Publication, Published, SyncStatus};
+use snapfile::SnapFileError;
 
 /// The snapshot file's name inside `--data-dir`.
 pub const SNAPSHOT_FILE: &str = "snapshot";
@@ -100,7 +105,7 @@ pub struct Node {
 #[derive(Debug)]
 struct Shared {
     store: Store,
-    state: Arc<State>,
+    cell: Arc<Publication>,
     settings: Arc<Settings>,
     config: NodeConfig,
     /// A local write committed: catch up now.
@@ -125,12 +130,12 @@ pub enum NodeError {
 }
 
 impl Node {
-    /// Starts following `store` and publishing into `state`. Returns at once;
+    /// Starts following `store` and publishing into `cell`. Returns at once;
     /// checks answer `503` until the bootstrap has caught up.
-    pub fn start(store: Store, state: Arc<State>, settings: Arc<Settings>, config: NodeConfig) -> Node {
-        let shared = Arc::new(Shared::new(store, state, settings, config));
+    pub fn start(store: Store, cell: Arc<Publication>, settings: Arc<Settings>, config: NodeConfig) -> Node {
+        let shared = Arc::new(Shared::new(store, cell, settings, config));
         shared
-            .state
+            .cell
             .sync
             .set_limits(stale_after(&shared.config), shared.config.max_staleness);
         let task = tokio::spawn(run(shared.clone()));
@@ -147,9 +152,9 @@ impl Node {
         &self.shared.store
     }
 
-    /// The listener state it publishes into.
-    pub fn state(&self) -> &Arc<State> {
-        &self.shared.state
+    /// The cell it publishes into.
+    pub fn publication(&self) -> &Arc<Publication> {
+        &self.shared.cell
     }
 
     /// The region settings.
@@ -162,7 +167,7 @@ impl Node {
     /// in time; the write is committed either way.
     pub async fn wait_applied(&self, revision: u64, timeout: Duration) -> bool {
         self.shared.kick.notify_one();
-        self.shared.state.wait_for_revision(revision, timeout).await
+        self.shared.cell.wait_for_revision(revision, timeout).await
     }
 
     /// The snapshot file, if this node has written one.
@@ -190,8 +195,9 @@ impl Node {
 /// `config.data_dir` (or a full build) brought up to the store's head. For
 /// the command line.
 pub async fn load_once(store: Store, settings: Arc<Settings>, config: NodeConfig) -> Result<Snapshot, NodeError> {
-    let state = Arc::new(State::new(crate::server::ListenerConfig::default(), "command line"));
-    let shared = Shared::new(store, state, settings, config);
+    // Nothing is published from here, so the cell's clock is never read.
+    let cell = Arc::new(Publication::new(Clock::system()));
+    let shared = Shared::new(store, cell, settings, config);
     let snap = shared.initial().await?;
     shared.catch_up(snap).await
 }
@@ -205,7 +211,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 fn build(loaded: Loaded, settings: Arc<Settings>) -> Result<Snapshot, BuildError> {
-    let tz = crate::time::stockholm()?;
+    let tz = crate::core::time::stockholm()?;
     let people = loaded.people.build(&settings, &tz)?;
     Snapshot::new(
         loaded.revision,
@@ -216,10 +222,10 @@ fn build(loaded: Loaded, settings: Arc<Settings>) -> Result<Snapshot, BuildError
 }
 
 impl Shared {
-    fn new(store: Store, state: Arc<State>, settings: Arc<Settings>, config: NodeConfig) -> Shared {
+    fn new(store: Store, cell: Arc<Publication>, settings: Arc<Settings>, config: NodeConfig) -> Shared {
         Shared {
             store,
-            state,
+            cell,
             settings,
             config,
             kick: Notify::new(),
@@ -242,7 +248,7 @@ impl Shared {
         let loaded = self.store.load().await?;
         let settings = self.settings.clone();
         let snap = blocking(move || build(loaded, settings)).await??;
-        self.state.sync.rebuilds.fetch_add(1, Relaxed);
+        self.cell.sync.rebuilds.fetch_add(1, Relaxed);
         info!(
             revision = snap.revision(),
             persons = snap.people().len(),
@@ -270,7 +276,7 @@ impl Shared {
                 Err(e) => warn!(error = %e, "the snapshot file is refused; it will be rebuilt"),
             }
             for peer in &self.config.peers {
-                match crate::peer::fetch(peer, &path).await {
+                match peer::fetch(peer, &path).await {
                     Ok(()) => match self.read_file(&path).await {
                         Ok(s) => {
                             info!(revision = s.revision(), peer = %peer.url, "loaded a peer's snapshot file");
@@ -319,7 +325,7 @@ impl Shared {
                 );
                 self.rebuild().await
             }
-            Err(StoreError::Corrupt(why)) => {
+            Ok(Changes::Diverged(why)) => {
                 warn!(reason = %why, "the snapshot does not follow the store: rebuilding");
                 self.rebuild().await
             }
@@ -331,8 +337,8 @@ impl Shared {
     /// instance in contact (and fresh) again.
     fn publish(&self, snap: Snapshot) {
         let revision = snap.revision();
-        self.state.publish(snap);
-        self.state.sync.contact(revision);
+        self.cell.publish(snap);
+        self.cell.sync.contact(revision);
     }
 
     /// Folds `snap` and writes it as the snapshot file, in the background.
@@ -351,7 +357,7 @@ impl Shared {
                     return None;
                 }
             };
-            shared.state.sync.folds.fetch_add(1, Relaxed);
+            shared.cell.sync.folds.fetch_add(1, Relaxed);
             debug!(
                 revision = folded.revision(),
                 seconds = started.elapsed().as_secs_f64(),
@@ -370,7 +376,7 @@ impl Shared {
         let started = std::time::Instant::now();
         match blocking(move || snapfile::write(&path, &snap, &id)).await {
             Ok(Ok(bytes)) => {
-                self.state.sync.checkpoints.fetch_add(1, Relaxed);
+                self.cell.sync.checkpoints.fetch_add(1, Relaxed);
                 info!(
                     revision,
                     bytes,
@@ -412,7 +418,7 @@ async fn wait(
     tokio::select! {
         () = shared.kick.notified() => Event::Work,
         () = shared.wake.notified() => Event::Work,
-        () = shared.state.kicked() => Event::Work,
+        () = shared.cell.kicked() => Event::Work,
         () = async { if let Some(l) = listening.as_mut() { l.lost().await } else { std::future::pending().await } } => Event::Lost,
         done = async { if let Some(f) = fold.as_mut() { f.await } else { std::future::pending().await } } => {
             Event::Folded(done.ok().flatten())
@@ -436,8 +442,8 @@ async fn run(shared: Arc<Shared>) {
         match attempt.await {
             Ok(s) => break s,
             Err(e) => {
-                shared.state.sync.errors.fetch_add(1, Relaxed);
-                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "bootstrap failed; retrying");
+                shared.cell.sync.errors.fetch_add(1, Relaxed);
+                warn!(error = %e, retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX), "bootstrap failed; retrying");
                 let mut stop = shared.stop.subscribe();
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
@@ -452,7 +458,7 @@ async fn run(shared: Arc<Shared>) {
     let mut last_checkpoint = std::time::Instant::now();
     // Anything built from the store (at bootstrap or when too much changed)
     // is written as a checkpoint, so the next start need not build again.
-    let rebuilds = || shared.state.sync.rebuilds.load(Relaxed);
+    let rebuilds = || shared.cell.sync.rebuilds.load(Relaxed);
     let mut checkpointed_rebuilds = rebuilds();
     if checkpointed_rebuilds > 0 || current.overlay_len() > 0 {
         fold = Some(shared.fold_in_background(current.clone()));
@@ -498,11 +504,11 @@ async fn run(shared: Arc<Shared>) {
                     shared.publish(current.clone());
                 } else {
                     // Nothing new: still in contact, still caught up.
-                    shared.state.sync.contact(current.revision());
+                    shared.cell.sync.contact(current.revision());
                 }
             }
             Err(e) => {
-                shared.state.sync.errors.fetch_add(1, Relaxed);
+                shared.cell.sync.errors.fetch_add(1, Relaxed);
                 warn!(error = %e, "cannot read changes from the store");
                 continue;
             }
@@ -539,8 +545,8 @@ async fn watchdog(shared: Arc<Shared>) {
     let mut was_stale = false;
     loop {
         tokio::time::sleep(every).await;
-        let sync = &shared.state.sync;
-        let stale = sync.is_stale() && shared.state.revision() > 0;
+        let sync = &shared.cell.sync;
+        let stale = sync.is_stale() && shared.cell.revision() > 0;
         if stale != was_stale {
             was_stale = stale;
             if stale {
@@ -551,10 +557,10 @@ async fn watchdog(shared: Arc<Shared>) {
         }
         let Some(max) = max else { continue };
         let expired = sync.contact_age().is_none_or(|age| age > max);
-        if shared.state.set_expired(expired) {
+        if shared.cell.set_expired(expired) {
             if expired {
                 error!(
-                    max_staleness_ms = max.as_millis() as u64,
+                    max_staleness_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX),
                     "no contact with the store for too long: answering 503"
                 );
             } else {

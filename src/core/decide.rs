@@ -4,11 +4,11 @@
 //! [`decide`] and [`children`] are pure: they take no lock, do no I/O, never
 //! fail and never allocate. A deny is a [`Decision`], not an error.
 
-use crate::identity::Pid;
-use crate::model::{HsaId, Rule, RuleKind, Service};
-use crate::people::{AgeLimits, GuardianEdge, People, PersonRef};
-use crate::snapshot::Snapshot;
-use crate::time::Instant;
+use crate::core::identity::Pid;
+use crate::core::model::{HsaId, Rule, RuleKind, Service};
+use crate::core::people::{AgeLimits, GuardianEdge, People, PersonRef};
+use crate::core::snapshot::Snapshot;
+use crate::core::time::Instant;
 
 /// One question.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -438,7 +438,7 @@ mod tests {
         .unwrap();
         let snap = scenario.snapshot().unwrap();
         let tz = snap.tz().clone();
-        let at = crate::time::parse_instant("2026-11-23T10:00:00+01:00", &tz).unwrap();
+        let at = crate::core::time::parse_instant("2026-11-23T10:00:00+01:00", &tz).unwrap();
         let guardian = Pid::parse("197701012382", jiff::civil::date(2026, 11, 23)).unwrap();
         let mut list: Vec<(String, Reason, Option<Listing>)> = children(&snap, guardian, Service::Journal, at)
             .map(|(pid, d)| (pid.to_string(), d.reason, d.listing))

@@ -1,6 +1,5 @@
 //! The check API's wire side (SPEC §4): request bodies, their validation
-//! into domain queries, the answers, and the one mapping from errors to
-//! HTTP status and body.
+//! into domain queries, and the answers' bytes.
 //!
 //! Nothing here echoes client input in an error: a body may carry a real
 //! person's number in any field, so messages say what is wrong with a field
@@ -12,194 +11,18 @@ use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::decide::{self, Query};
-use crate::identity::{IdentityError, Pid};
-use crate::model::Service;
-use crate::snapshot::Snapshot;
-use crate::time::{self, Instant, InstantError};
-use crate::wire::{ChildrenBody, DecisionBody};
+use crate::core::decide::{self, Query};
+use crate::core::identity::Pid;
+use crate::core::model::Service;
+use crate::core::snapshot::Snapshot;
+use crate::core::time::{self, Instant};
+use crate::http::error::{ApiError, ErrorView};
+use crate::http::wire::{ChildrenBody, DecisionBody};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
 /// Most checks in one batch.
 pub const MAX_BATCH: usize = 1000;
-
-/// Every error code of SPEC §4 the listeners produce, for metrics.
-pub const ERROR_CODES: [&str; 16] = [
-    "invalid_json",
-    "invalid_identifier",
-    "unsupported_identifier",
-    "invalid_service",
-    "invalid_time",
-    "invalid_request",
-    "body_too_large",
-    "not_ready",
-    "not_found",
-    "method_not_allowed",
-    "unauthorized",
-    "forbidden",
-    "wrong_unit",
-    "already_lifted",
-    "already_confirmed",
-    "internal",
-];
-
-/// An error answer: status, code, message and the field it is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    /// The HTTP status.
-    pub status: u16,
-    /// One of [`ERROR_CODES`].
-    pub code: &'static str,
-    /// What is wrong, naming the field; never the input.
-    pub message: Cow<'static, str>,
-    /// The request field, if the error is about one.
-    pub field: Option<Cow<'static, str>>,
-    /// For a population import: the line (from 1) that is wrong.
-    pub line: Option<u64>,
-    /// The request wants a revision this instance has not published yet:
-    /// worth waiting a little for before answering with this error.
-    pub wait_for: Option<u64>,
-}
-
-impl ApiError {
-    /// An error with a status, a code and a message.
-    pub fn new(
-        status: u16,
-        code: &'static str,
-        message: impl Into<Cow<'static, str>>,
-        field: Option<&'static str>,
-    ) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            field: field.map(Cow::Borrowed),
-            line: None,
-            wait_for: None,
-        }
-    }
-
-    /// The same error about a field whose name is made at run time (`guardians[1]`).
-    pub fn with_field(mut self, field: String) -> Self {
-        self.field = Some(Cow::Owned(field));
-        self
-    }
-
-    /// The same error, located on a line of a population import.
-    pub fn on_line(mut self, line: u64) -> Self {
-        self.message = Cow::Owned(format!("line {line}: {}", self.message));
-        self.line = Some(line);
-        self
-    }
-
-    /// The request asks for `revision`, which this instance has not reached.
-    pub fn behind(revision: u64) -> Self {
-        ApiError {
-            wait_for: Some(revision),
-            ..ApiError::new(
-                503,
-                "not_ready",
-                "this instance has not reached the requested `min_revision` yet; try again",
-                Some("min_revision"),
-            )
-        }
-    }
-
-    /// The body is not JSON.
-    pub fn invalid_json() -> Self {
-        ApiError::new(400, "invalid_json", "the body is not valid JSON", None)
-    }
-
-    /// A field is missing or has the wrong shape.
-    pub fn invalid_request(field: &'static str, what: &str) -> Self {
-        ApiError::new(400, "invalid_request", format!("`{field}`: {what}"), Some(field))
-    }
-
-    /// The body as a whole has the wrong shape.
-    pub fn invalid_body(what: &'static str) -> Self {
-        ApiError::new(400, "invalid_request", what, None)
-    }
-
-    /// An identity field does not hold an accepted number.
-    pub fn identity(field: &'static str, e: IdentityError) -> Self {
-        ApiError::new(400, e.code(), format!("`{field}`: {e}"), Some(field))
-    }
-
-    /// The service is not `journal` or `eservices`.
-    pub fn invalid_service(field: &'static str) -> Self {
-        ApiError::new(
-            400,
-            "invalid_service",
-            format!("`{field}`: must be `journal` or `eservices`"),
-            Some(field),
-        )
-    }
-
-    /// An instant cannot be read.
-    pub fn invalid_time(field: &'static str, e: InstantError) -> Self {
-        ApiError::new(400, "invalid_time", format!("`{field}`: {e}"), Some(field))
-    }
-
-    /// The body is over [`MAX_BODY`].
-    pub fn body_too_large() -> Self {
-        ApiError::new(413, "body_too_large", "the body is larger than 64 KiB", None)
-    }
-
-    /// No snapshot is loaded: the service cannot decide.
-    pub fn not_ready() -> Self {
-        ApiError::new(503, "not_ready", "no data is loaded yet; cannot decide", None)
-    }
-
-    /// The store has been out of reach for longer than `max_staleness`.
-    pub fn stale() -> Self {
-        ApiError::new(
-            503,
-            "not_ready",
-            "this instance has lost its store for longer than allowed; cannot decide",
-            None,
-        )
-    }
-
-    /// No such route.
-    pub fn not_found() -> Self {
-        ApiError::new(404, "not_found", "no such endpoint", None)
-    }
-
-    /// The route exists but not with this method.
-    pub fn method_not_allowed() -> Self {
-        ApiError::new(405, "method_not_allowed", "method not allowed on this endpoint", None)
-    }
-
-    /// The JSON body of this error.
-    pub fn body(&self) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct Outer<'a> {
-            error: ErrorView<'a>,
-        }
-        serde_json::to_vec(&Outer { error: self.view() }).unwrap_or_default()
-    }
-
-    /// The `{"code", "message", "field"}` object, alone or inside a batch.
-    fn view(&self) -> ErrorView<'_> {
-        ErrorView {
-            code: self.code,
-            message: &self.message,
-            field: self.field.as_deref(),
-            line: self.line,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct ErrorView<'a> {
-    code: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    line: Option<u64>,
-}
 
 /// A check body as sent. Every field is kept raw so that a field of the
 /// wrong type gets an error naming it, and unknown fields are ignored so the
@@ -593,8 +416,8 @@ mod tests {
         ];
         for (body, code, field) in cases {
             let e = err(body);
-            assert_eq!((e.code, e.field.as_deref()), (code, field), "{body}");
-            assert_eq!(e.status, 400);
+            assert_eq!((e.code.as_str(), e.field.as_deref()), (code, field), "{body}");
+            assert_eq!(e.status(), 400);
             let text = String::from_utf8(e.body()).unwrap();
             assert!(!text.contains("0101238"), "{text}");
             assert!(!text.contains("M071"), "{text}");
@@ -615,7 +438,7 @@ mod tests {
     }
 
     fn demo() -> Snapshot {
-        let scenario: Scenario = serde_json::from_str(include_str!("../fixtures/demo.json")).unwrap();
+        let scenario: Scenario = serde_json::from_str(include_str!("../../../fixtures/demo.json")).unwrap();
         scenario.snapshot().unwrap()
     }
 
@@ -649,7 +472,10 @@ mod tests {
         let one = r#"{"actor": "197701012382", "subject": "201509162390", "service": "journal"}"#;
         let body = format!(r#"{{"checks": [{}]}}"#, vec![one; MAX_BATCH + 1].join(","));
         let e = batch(&snap, body.as_bytes(), now()).unwrap_err();
-        assert_eq!((e.code, e.field.as_deref()), ("invalid_request", Some("checks")));
+        assert_eq!(
+            (e.code.as_str(), e.field.as_deref()),
+            ("invalid_request", Some("checks"))
+        );
         let body = format!(r#"{{"checks": [{}]}}"#, vec![one; MAX_BATCH].join(","));
         assert_eq!(batch(&snap, body.as_bytes(), now()).unwrap().outcomes.len(), MAX_BATCH);
     }
@@ -694,8 +520,14 @@ mod tests {
         .unwrap();
         assert_eq!(q.subject.to_string(), "201509162390");
         let e = authz_query(Some(b"197701012382"), None, Some(b"journal"), &tz(), now()).unwrap_err();
-        assert_eq!((e.code, e.field.as_deref()), ("invalid_request", Some("subject")));
+        assert_eq!(
+            (e.code.as_str(), e.field.as_deref()),
+            ("invalid_request", Some("subject"))
+        );
         let e = authz_query(Some(b"x"), Some(b"201509162390"), Some(b"journal"), &tz(), now()).unwrap_err();
-        assert_eq!((e.code, e.field.as_deref()), ("invalid_identifier", Some("actor")));
+        assert_eq!(
+            (e.code.as_str(), e.field.as_deref()),
+            ("invalid_identifier", Some("actor"))
+        );
     }
 }

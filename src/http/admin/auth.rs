@@ -10,8 +10,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use crate::model::HsaId;
-use crate::store::{Caller, Role};
+use crate::actor::{Caller, Role};
+use crate::core::model::HsaId;
 
 /// Shorter tokens are refused: they could be guessed.
 pub const MIN_TOKEN_LEN: usize = 24;

@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
-use crate::identity::is_leap_year;
+use crate::core::identity::is_leap_year;
 
 /// The zone every rule is evaluated in (SPEC §3).
 pub const ZONE: &str = "Europe/Stockholm";

@@ -3,7 +3,7 @@
 //! a new instance starts from a file instead of a full build.
 //!
 //! The file is streamed to a temporary name beside the destination and
-//! renamed only when complete; [`crate::snapfile::read`] then checks it like
+//! renamed only when complete; [`crate::node::snapfile::read`] then checks it like
 //! any other (checksum, store id, settings) before anything is served.
 
 use std::path::Path;

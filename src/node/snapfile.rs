@@ -30,11 +30,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::Pid;
-use crate::model::{HsaId, Rule, RuleId, RuleKind, Services, Settings};
-use crate::people::{GuardianEdge, People, RawPeopleError};
-use crate::snapshot::{BuildError, Rules, Snapshot};
-use crate::time::{Instant, LeapDay};
+use crate::core::identity::Pid;
+use crate::core::model::{HsaId, Rule, RuleId, RuleKind, Services, Settings};
+use crate::core::people::{GuardianEdge, People, RawPeopleError};
+use crate::core::snapshot::{BuildError, Rules, Snapshot};
+use crate::core::time::{Instant, LeapDay};
 
 const MAGIC: [u8; 8] = *b"GASNAP\0\x02";
 /// No header is anywhere near this; a larger length is corruption.

@@ -7,11 +7,11 @@ use jiff::tz::TimeZone;
 use serde::Serialize;
 use serde::ser::{SerializeSeq, Serializer};
 
-use crate::decide::{self, Decision};
-use crate::identity::Pid;
-use crate::model::{HsaId, Service};
-use crate::snapshot::Snapshot;
-use crate::time::{Instant, LocalTime};
+use crate::core::decide::{self, Decision};
+use crate::core::identity::Pid;
+use crate::core::model::{HsaId, Service};
+use crate::core::snapshot::Snapshot;
+use crate::core::time::{Instant, LocalTime};
 
 /// The body of a `/v1/check` answer.
 #[derive(Debug, Serialize)]

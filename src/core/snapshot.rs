@@ -18,12 +18,12 @@ use std::sync::Arc;
 
 use jiff::tz::TimeZone;
 
-use crate::filter::Filter;
-use crate::identity::Pid;
-use crate::model::{Rule, Settings, SettingsError};
-use crate::time::{self, TimeError};
+use crate::core::filter::Filter;
+use crate::core::identity::Pid;
+use crate::core::model::{Rule, Settings, SettingsError};
+use crate::core::time::{self, TimeError};
 
-pub use crate::people::{AgeLimits, People, PeopleBuilder, PersonRecord};
+pub use crate::core::people::{AgeLimits, People, PeopleBuilder, PersonRecord};
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -310,17 +310,17 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::time::Instant;
     use crate::testing::{build, pid};
-    use crate::time::Instant;
 
     /// A seal on `subject` from `from`, with id `id`.
     fn seal(id: u64, subject: Pid, from: i64) -> Rule {
         Rule {
-            id: crate::model::RuleId(id),
-            kind: crate::model::RuleKind::Seal,
+            id: crate::core::model::RuleId(id),
+            kind: crate::core::model::RuleKind::Seal,
             subject,
             guardian: None,
-            services: crate::model::Services::JOURNAL,
+            services: crate::core::model::Services::JOURNAL,
             valid_from: Instant::from_nanos(from),
             valid_until: None,
             lifted_at: None,

@@ -26,11 +26,11 @@ use std::sync::Arc;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
-use crate::filter::Filter;
-use crate::identity::Pid;
-use crate::model::Settings;
-use crate::snapshot::BuildError;
-use crate::time::{self, Instant, LeapDay};
+use crate::core::filter::Filter;
+use crate::core::identity::Pid;
+use crate::core::model::Settings;
+use crate::core::snapshot::BuildError;
+use crate::core::time::{self, Instant, LeapDay};
 
 const PROTECTED: u64 = 1 << 63;
 const BIRTH_KNOWN: u64 = 1 << 62;
@@ -1203,7 +1203,7 @@ mod tests {
             batches in proptest::collection::vec(proptest::collection::vec(record_strategy(12), 1..6), 1..5),
         ) {
             let pool: Vec<Pid> = (0..12u16)
-                .map(|i| crate::identity::make_pid(if i < 6 { 2014 } else { 1980 }, 3, 1 + i as u8, 10 + i).unwrap())
+                .map(|i| crate::core::identity::make_pid(if i < 6 { 2014 } else { 1980 }, 3, 1 + i as u8, 10 + i).unwrap())
                 .collect();
             let record = |(who, protected, own_date, guardians): &(usize, bool, bool, Vec<usize>)| PersonRecord {
                 id: pool[*who],
@@ -1283,7 +1283,7 @@ mod tests {
         let mut all = Vec::new();
         for serial in 1..=999u16 {
             for (y, m, d) in [(2015, 9, 16), (1980, 1, 2)] {
-                let p = crate::identity::make_pid(y, m, d, serial).unwrap();
+                let p = crate::core::identity::make_pid(y, m, d, serial).unwrap();
                 all.push(p);
             }
         }
@@ -1295,7 +1295,7 @@ mod tests {
         for p in &all {
             assert_eq!(people.get(*p).map(|r| r.pid), Some(*p));
         }
-        let stranger = crate::identity::make_pid(2001, 1, 1, 1).unwrap();
+        let stranger = crate::core::identity::make_pid(2001, 1, 1, 1).unwrap();
         assert!(people.get(stranger).is_none());
     }
 }

@@ -1,0 +1,300 @@
+//! `guardian-access serve`: the merged configuration (`config`), tracing
+//! installed, both listeners bound, the store opened and followed, and a
+//! clean stop on SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use guardian_access::actor::{Caller, Role};
+use guardian_access::clock::Clock;
+use guardian_access::config::{ConfigFile, DEFAULT_DATA_DIR, ServeFlags, Source};
+use guardian_access::core::model::{HsaId, RuleId, Settings};
+use guardian_access::fixtures::Scenario;
+use guardian_access::http::admin::auth::{self, Tokens};
+use guardian_access::node::NodeConfig;
+use guardian_access::service::{self, Options};
+use guardian_access::store::{NewRule, RuleMeta, Store};
+use tracing::{info, warn};
+
+/// The unit the demo's restrictions and grants are issued by.
+const DEMO_UNIT: &str = "SE2321000131-E000000000001";
+
+/// Reads and parses the config file, if there is one.
+pub fn config_file(path: Option<&Path>) -> Result<ConfigFile> {
+    match path {
+        None => Ok(ConfigFile::default()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+            Ok(ConfigFile::parse(&text).with_context(|| format!("in `{}`", path.display()))?)
+        }
+    }
+}
+
+fn install_tracing(json: bool) {
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(guardian_access::logging::filter(&directives))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Tokens for every role, made up for this run of the demo.
+fn demo_tokens() -> Result<Vec<(String, Caller)>> {
+    let unit = HsaId::parse(DEMO_UNIT).map_err(|e| anyhow!("{e}"))?;
+    let list = [
+        ("Demo kontaktcenter", Role::Registrar, None),
+        ("Demo vårdenhet", Role::Unit, Some(unit)),
+        ("Demo folkbokföring", Role::Population, None),
+        ("Demo spärr och logg", Role::Auditor, None),
+    ];
+    Ok(list
+        .into_iter()
+        .map(|(name, role, unit)| {
+            (
+                auth::random_token(),
+                Caller {
+                    name: name.to_owned(),
+                    role,
+                    unit,
+                },
+            )
+        })
+        .collect())
+}
+
+/// Writes a scenario's people and rules into a fresh store.
+async fn seed(store: &Store, scenario: &Scenario) -> Result<()> {
+    let (persons, rules) = scenario.records()?;
+    let unit = HsaId::parse(DEMO_UNIT).map_err(|e| anyhow!("{e}"))?;
+    let rules = rules
+        .into_iter()
+        .map(|rule| NewRule {
+            rule: guardian_access::Rule { id: RuleId(0), ..rule },
+            meta: RuleMeta {
+                issuing_unit: unit.clone(),
+                decided_by: serde_json::json!({"name": "Demo"}),
+                requested_by: None,
+                basis: "scenario fixture".into(),
+                urgent: false,
+                reference: None,
+            },
+        })
+        .collect();
+    let by = Caller {
+        name: "scenario seed".into(),
+        role: Role::Registrar,
+        unit: None,
+    };
+    store.seed(persons, rules, &by).await?;
+    Ok(())
+}
+
+/// Runs `serve` to completion.
+pub fn main(flags: ServeFlags) -> Result<()> {
+    let file = config_file(flags.config.as_deref())?;
+    let peer_token = std::env::var("GUARDIAN_ACCESS_PEER_TOKEN").ok();
+    let config = flags.resolve(&file, peer_token.as_deref())?;
+    install_tracing(config.json_logs);
+    let scenario = match &config.source {
+        Source::Demo => Some((Scenario::demo()?, "demo".to_owned())),
+        Source::Scenario(path) => Some((Scenario::load(path)?, format!("scenario {}", path.display()))),
+        Source::Sqlite(_) | Source::Postgres(_) => None,
+    };
+    let settings = match (&flags.config, &scenario) {
+        // Settings from the config file win over the scenario's own.
+        (None, Some((s, _))) => s.settings()?,
+        _ => file.region.to_settings()?,
+    };
+    let mut demo = None;
+    let tokens = match (&config.admin_tokens, &scenario) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+            Tokens::parse(&text).with_context(|| format!("in `{}`", path.display()))?
+        }
+        (None, Some(_)) => {
+            let list = demo_tokens()?;
+            demo = Some(list.clone());
+            Tokens::from_list(list)
+        }
+        (None, None) => Tokens::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("guardian-access")
+        .build()?;
+    runtime.block_on(async move {
+        let check = tokio::net::TcpListener::bind(config.check_addr)
+            .await
+            .with_context(|| format!("cannot bind the check listener to {}", config.check_addr))?;
+        let admin = tokio::net::TcpListener::bind(config.admin_addr)
+            .await
+            .with_context(|| format!("cannot bind the admin listener to {}", config.admin_addr))?;
+        let (check_addr, admin_addr) = (check.local_addr()?, admin.local_addr()?);
+        info!("listening check={check_addr} admin={admin_addr}");
+        if tokens.is_empty() {
+            warn!("no admin tokens (`--admin-tokens`): the admin API refuses every request");
+        }
+
+        // A scenario gets a throwaway store, kept until the service stops.
+        let mut throwaway = None;
+        type Opening = Pin<Box<dyn Future<Output = Result<Store, guardian_access::store::StoreError>> + Send>>;
+        let (label, data_dir, store): (String, PathBuf, Opening) = match (scenario, config.source) {
+            (Some((scenario, label)), _) => {
+                let dir = tempfile::Builder::new().prefix("guardian-access-demo-").tempdir()?;
+                let store = Store::open_sqlite(dir.path()).await?;
+                seed(&store, &scenario).await?;
+                let path = dir.path().to_owned();
+                throwaway = Some(dir);
+                (label, path, Box::pin(async move { Ok(store) }))
+            }
+            (None, Source::Postgres(url)) => (
+                "postgres".to_owned(),
+                config.data_dir.clone(),
+                Box::pin(async move { Ok(open_postgres(&url).await) }),
+            ),
+            (None, _) => {
+                let dir = config.data_dir.clone();
+                (
+                    format!("sqlite {}", dir.display()),
+                    dir.clone(),
+                    Box::pin(async move { Store::open_sqlite(&dir).await }),
+                )
+            }
+        };
+        let service = service::start(
+            check,
+            admin,
+            store,
+            Options {
+                listener: config.listener,
+                node: NodeConfig {
+                    data_dir: Some(data_dir),
+                    ..config.node
+                },
+                settings: Arc::new(settings),
+                tokens,
+                source: label,
+                clock: Clock::system(),
+            },
+        );
+        if let Some(tokens) = demo {
+            if service.state.cell.wait_for_revision(1, Duration::from_secs(30)).await {
+                print_curl_lines(check_addr, admin_addr, &tokens);
+            } else {
+                warn!("the demo store did not load in time");
+            }
+        }
+        shutdown_signal().await;
+        service.stop().await;
+        drop(throwaway);
+        info!("stopped");
+        Ok(())
+    })
+}
+
+/// Connects to PostgreSQL, retrying until it answers (the service stops
+/// waiting for it when it is stopped).
+async fn open_postgres(url: &str) -> Store {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match Store::open_postgres(url).await {
+            Ok(s) => return s,
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot open the PostgreSQL store; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+fn print_curl_lines(check: SocketAddr, admin: SocketAddr, tokens: &[(String, Caller)]) {
+    let token = |role: Role| {
+        tokens
+            .iter()
+            .find(|(_, c)| c.role == role)
+            .map(|(t, _)| t.as_str())
+            .unwrap_or_default()
+    };
+    let ask = |actor: &str, subject: &str, service: &str| {
+        format!(
+            "curl -s http://{check}/v1/check -d '{{\"actor\": \"{actor}\", \"subject\": \"{subject}\", \"service\": \"{service}\"}}'"
+        )
+    };
+    let (registrar, unit, population, auditor) = (
+        token(Role::Registrar),
+        token(Role::Unit),
+        token(Role::Population),
+        token(Role::Auditor),
+    );
+    println!(
+        "\nThe demo region is served from a throwaway store. Try (Skatteverket's test numbers):\n\n\
+         # a guardian sees an 11-year-old's journal\n{}\n\n\
+         # a guardian blocked by a care unit\n{}\n\n\
+         # a sealed journal\n{}\n\n\
+         # a 13-year-old's journal: extended access for one guardian, at one unit\n{}\n\n\
+         # the switch list of a guardian\n\
+         curl -s http://{check}/v1/children -d '{{\"guardian\": \"198501012390\", \"service\": \"journal\"}}'\n\n\
+         # for nginx auth_request\n\
+         curl -si http://{check}/v1/authz -H 'x-actor-id: 197701012382' -H 'x-subject-id: 201509162390' -H 'x-service: journal'\n\n\
+         # the contact center phones in an urgent block of one guardian (registrar token) ...\n\
+         curl -s http://{admin}/v1/restrictions -H 'authorization: Bearer {registrar}' -d '{{\"kind\": \"block\", \"subject\": \"201509162390\", \"guardian\": \"197701012382\", \"issuing_unit\": \"{DEMO_UNIT}\", \"decided_by\": {{\"name\": \"Verksamhetschef\"}}, \"requested_by\": {{\"name\": \"Ssk på BUP\", \"phone\": \"010-000 00 00\"}}, \"basis\": \"Orosanmälan\", \"urgent\": true}}'\n\
+         # ... and the same check now answers blocked:\n{}\n\n\
+         # the unit lifts the demo's block (restriction 2) after the threat assessment (unit token) ...\n\
+         curl -s http://{admin}/v1/restrictions/2/lift -H 'authorization: Bearer {unit}' -d '{{\"issuing_unit\": \"{DEMO_UNIT}\", \"decided_by\": {{\"name\": \"Verksamhetschef\"}}, \"basis\": \"Hotbild kontrollerad med socialtjänsten\", \"threat_assessment_done\": true}}'\n\
+         # ... and that guardian sees the journal again:\n{}\n\n\
+         # the population feed (NDJSON, all or nothing)\n\
+         printf '%s\\n' '{{\"id\": \"201701012393\", \"protected\": false, \"guardians\": [\"197701012382\"]}}' | curl -s http://{admin}/v1/population -H 'authorization: Bearer {population}' --data-binary @-\n\n\
+         # what is recorded about a child, and who wrote what (auditor token)\n\
+         curl -s http://{admin}/v1/subjects -H 'x-subject-id: 201509162390' -H 'authorization: Bearer {auditor}'\n\
+         curl -s http://{admin}/v1/audit -H 'x-subject-id: 201509162390' -H 'authorization: Bearer {auditor}'\n\n\
+         # operations\n\
+         curl -s http://{check}/v1/status; curl -s http://{check}/metrics | head\n",
+        ask("197701012382", "201509162390", "journal"),
+        ask("198001032385", "201801012392", "journal"),
+        ask("197701022381", "201406012383", "journal"),
+        ask("198501012390", "201303292385", "journal"),
+        ask("197701012382", "201509162390", "journal"),
+        ask("198001032385", "201801012392", "journal"),
+    );
+}
+
+/// The data directory a command-line tool reads, from its flags.
+pub fn data_dir(flag: Option<&Path>) -> PathBuf {
+    flag.map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), Path::to_owned)
+}
+
+/// Settings for a command-line tool: the config file's, else the defaults.
+pub fn settings(config: Option<&Path>) -> Result<Settings> {
+    Ok(config_file(config)?.region.to_settings()?)
+}

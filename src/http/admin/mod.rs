@@ -1,0 +1,587 @@
+//! The admin listener (SPEC §5): the write path for care units, the contact
+//! center and the population feed, and the read path for auditors.
+//!
+//! Every request needs a bearer token ([`auth`]); the role decides what it
+//! may do:
+//!
+//! | route | registrar | unit | population | auditor | peer |
+//! |---|---|---|---|---|---|
+//! | `POST /v1/restrictions`, `/v1/grants`, `…/{id}/lift`, `…/{id}/confirm` | yes | own unit only | | | |
+//! | `POST /v1/population` | | | yes | | |
+//! | `GET /v1/subjects/{id}`, `GET /v1/audit?subject=` | yes | | | yes | |
+//! | `GET /v1/snapshot` | | | | | yes |
+//!
+//! This module routes and checks roles; [`validate`] turns bodies into store
+//! requests, [`views`] turns stored records into answers. A write answers
+//! `2xx` only after its commit is durable and the node has published it to
+//! the check listener.
+
+pub mod auth;
+pub mod validate;
+pub mod views;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response};
+use jiff::tz::TimeZone;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::actor::{Caller, Role};
+use crate::clock::Clock;
+use crate::core::decide::{Query, decide};
+use crate::core::identity::Pid;
+use crate::core::model::{RuleId, Service};
+use crate::core::people::PersonRecord;
+use crate::core::time::{self, Instant};
+use crate::http::error::{ApiError, ErrorCode};
+use crate::http::metrics::{Endpoint, Metrics};
+use crate::http::{error_answer, read_body, respond};
+use crate::ndjson;
+use crate::node::Node;
+use crate::store::{Family, IMPORT_BATCH, ImportMsg, StoreError};
+use auth::Tokens;
+use validate::wrong_unit;
+use views::{AnswerView, AuditView, Created, ImportedView, SubjectView, Written};
+
+/// The admin listener's shared state.
+#[derive(Debug)]
+pub struct Admin {
+    node: Arc<Node>,
+    tokens: Tokens,
+    tz: TimeZone,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+    /// How long a write waits to be visible to checks before answering
+    /// anyway (it is committed either way).
+    visible_within: Duration,
+}
+
+impl Admin {
+    /// The admin API over `node`, accepting `tokens`, counting into
+    /// `metrics`, with "now" from `clock`.
+    pub fn new(node: Arc<Node>, tokens: Tokens, metrics: Arc<Metrics>, clock: Clock) -> Result<Admin, time::TimeError> {
+        Ok(Admin {
+            node,
+            tokens,
+            tz: time::stockholm()?,
+            metrics,
+            clock,
+            visible_within: Duration::from_secs(10),
+        })
+    }
+
+    fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    fn today(&self) -> jiff::civil::Date {
+        time::local_date(self.now(), &self.tz)
+    }
+}
+
+/// Admin answers: mostly whole JSON bodies, but a snapshot file is streamed.
+pub type AdminBody = BoxBody<Bytes, std::io::Error>;
+/// An admin answer.
+pub type AdminAnswer = Response<AdminBody>;
+
+fn whole(r: crate::http::Answer) -> AdminAnswer {
+    r.map(|b| b.map_err(|never| match never {}).boxed())
+}
+
+fn json_answer(status: u16, v: &impl Serialize) -> AdminAnswer {
+    whole(respond(
+        status,
+        "application/json",
+        serde_json::to_vec(v).unwrap_or_default(),
+    ))
+}
+
+fn forbidden(role: Role) -> ApiError {
+    ApiError::new(
+        ErrorCode::Forbidden,
+        format!("the `{}` role may not do this", role.as_str()),
+        None,
+    )
+}
+
+fn unauthorized() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unauthorized,
+        "a valid `Authorization: Bearer` token is required",
+        None,
+    )
+}
+
+fn no_such(family: Family) -> ApiError {
+    let what = match family {
+        Family::Restriction => "restriction",
+        Family::Grant => "grant",
+    };
+    ApiError::new(ErrorCode::NotFound, format!("no such {what}"), Some("id"))
+}
+
+/// The one place a store error becomes an answer. Failures of the store are
+/// logged here (the client only learns that nothing was written).
+fn store_error(e: StoreError, family: Family) -> ApiError {
+    let what = match family {
+        Family::Restriction => "restriction",
+        Family::Grant => "grant",
+    };
+    match e {
+        StoreError::NotFound => no_such(family),
+        StoreError::WrongUnit => wrong_unit("only the unit that issued it can do this"),
+        StoreError::AlreadyLifted => {
+            ApiError::new(ErrorCode::AlreadyLifted, format!("the {what} is already lifted"), None)
+        }
+        StoreError::NotPending => ApiError::new(
+            ErrorCode::AlreadyConfirmed,
+            "it is not waiting for confirmation: it was not urgent, or its form is already recorded",
+            None,
+        ),
+        StoreError::NotGuardian => ApiError::semantic("guardian", "is not a registered guardian of the subject"),
+        StoreError::Aborted => ApiError::invalid_body("the request was abandoned; nothing was written"),
+        StoreError::Unavailable(why) => {
+            error!(error = %why, "store unavailable; nothing was written");
+            ApiError::new(
+                ErrorCode::NotReady,
+                "the store is unavailable; nothing was written",
+                None,
+            )
+        }
+        other @ (StoreError::Corrupt(_) | StoreError::Schema(_, _)) => {
+            error!(error = %other, "store failure");
+            ApiError::internal("the store failed; nothing was written")
+        }
+    }
+}
+
+/// The answer while the store is not open yet.
+pub fn not_ready() -> AdminAnswer {
+    let e = ApiError::new(ErrorCode::NotReady, "the store is not open yet", None);
+    whole(crate::http::error::render(&e))
+}
+
+/// Answers one admin request.
+pub async fn handle(admin: &Admin, req: Request<Incoming>) -> AdminAnswer {
+    let started = std::time::Instant::now();
+    let answer = match route(admin, req).await {
+        Ok(a) => a,
+        Err(e) => whole(error_answer(&admin.metrics, Endpoint::Admin, &e)),
+    };
+    admin.metrics.request(Endpoint::Admin, started.elapsed());
+    answer
+}
+
+async fn route(admin: &Admin, req: Request<Incoming>) -> Result<AdminAnswer, ApiError> {
+    let caller = admin
+        .tokens
+        .authenticate(req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes))
+        .ok_or_else(unauthorized)?
+        .clone();
+    let path = req.uri().path().to_owned();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = req.method().clone();
+    let allow = |m: Method| -> Result<(), ApiError> {
+        if method == m || (m == Method::GET && method == Method::HEAD) {
+            Ok(())
+        } else {
+            Err(ApiError::method_not_allowed(if m == Method::GET {
+                "GET"
+            } else {
+                "POST"
+            }))
+        }
+    };
+    let writer = |c: &Caller| match c.role {
+        Role::Registrar | Role::Unit => Ok(()),
+        r => Err(forbidden(r)),
+    };
+    let reader = |c: &Caller| match c.role {
+        Role::Registrar | Role::Auditor => Ok(()),
+        r => Err(forbidden(r)),
+    };
+    match parts.as_slice() {
+        ["v1", "restrictions"] | ["v1", "grants"] => {
+            allow(Method::POST)?;
+            writer(&caller)?;
+            let family = if parts[1] == "grants" {
+                Family::Grant
+            } else {
+                Family::Restriction
+            };
+            let body = read_json(req).await?;
+            create(admin, &caller, family, &body).await
+        }
+        [
+            "v1",
+            kind @ ("restrictions" | "grants"),
+            id,
+            action @ ("lift" | "confirm"),
+        ] => {
+            allow(Method::POST)?;
+            writer(&caller)?;
+            let family = if *kind == "grants" {
+                Family::Grant
+            } else {
+                Family::Restriction
+            };
+            if *action == "confirm" && family == Family::Grant {
+                return Err(ApiError::not_found());
+            }
+            let id = rule_id(id, family)?;
+            let body = read_json(req).await?;
+            if *action == "lift" {
+                lift(admin, &caller, family, id, &body).await
+            } else {
+                confirm(admin, &caller, id, &body).await
+            }
+        }
+        ["v1", "population"] => {
+            allow(Method::POST)?;
+            if caller.role != Role::Population {
+                return Err(forbidden(caller.role));
+            }
+            population(admin, &caller, req).await
+        }
+        ["v1", "subjects", rest @ ..] if rest.len() <= 1 => {
+            allow(Method::GET)?;
+            reader(&caller)?;
+            let subject = subject_param(admin, &req, rest.first().copied())?;
+            subject_view(admin, subject).await
+        }
+        ["v1", "audit"] => {
+            allow(Method::GET)?;
+            reader(&caller)?;
+            let query = req.uri().query().unwrap_or("");
+            let from_query = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("subject="))
+                .map(percent_decoded);
+            let subject = subject_param(admin, &req, from_query.as_deref())?;
+            audit_view(admin, subject).await
+        }
+        ["v1", "snapshot"] => {
+            allow(Method::GET)?;
+            if caller.role != Role::Peer {
+                return Err(forbidden(caller.role));
+            }
+            snapshot_file(admin).await
+        }
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+/// A query parameter's value with `%XX` escapes decoded. A `+` stays a
+/// `+`: in a 10-digit personnummer it is the separator of someone who has
+/// turned 100, and a space is never part of a number. Anything malformed is
+/// kept as it is and then refused as an identity number.
+fn percent_decoded(v: &str) -> String {
+    let b = v.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An id in a path: digits only; anything else is no such rule.
+fn rule_id(s: &str, family: Family) -> Result<RuleId, ApiError> {
+    s.parse::<u64>()
+        .ok()
+        .filter(|_| s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()))
+        .map(RuleId)
+        .ok_or_else(|| no_such(family))
+}
+
+/// The subject of a read: from the path or query (SPEC §5) or, to keep
+/// numbers out of URLs and access logs, from the `x-subject-id` header.
+fn subject_param<B>(admin: &Admin, req: &Request<B>, from_url: Option<&str>) -> Result<Pid, ApiError> {
+    let header = req
+        .headers()
+        .get("x-subject-id")
+        .map(|v| {
+            std::str::from_utf8(v.as_bytes()).map_err(|_| ApiError::invalid_request("subject", "header must be text"))
+        })
+        .transpose()?;
+    let s = from_url
+        .filter(|s| !s.is_empty())
+        .or(header)
+        .ok_or_else(|| ApiError::invalid_request("subject", "is required"))?;
+    Pid::parse(s.trim(), admin.today()).map_err(|e| ApiError::identity("subject", e))
+}
+
+/// Reads a JSON object body of at most 64 KiB.
+async fn read_json(req: Request<Incoming>) -> Result<Map<String, Value>, ApiError> {
+    let declared = req.body().size_hint().upper();
+    let body = read_body(req.into_body(), declared).await?;
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::invalid_body("the body must be a JSON object")),
+        Err(_) => Err(ApiError::invalid_json()),
+    }
+}
+
+/// Waits until checks on this node answer from `revision`. The write is
+/// committed either way; a slow publication is logged, not failed.
+async fn visible(admin: &Admin, revision: u64) {
+    if !admin.node.wait_applied(revision, admin.visible_within).await {
+        warn!(revision, "a committed write is not yet visible to checks");
+    }
+}
+
+/// The instant the subject attains the own-journal age, from the stored
+/// birth date or else the number's: where a grant ends.
+async fn attains_16(admin: &Admin, subject: Pid) -> Result<Option<Instant>, ApiError> {
+    let stored = admin
+        .node
+        .store()
+        .person(subject)
+        .await
+        .map_err(|e| store_error(e, Family::Grant))?;
+    let birth = stored
+        .and_then(|p| p.record.birth_date)
+        .or_else(|| subject.birth_date());
+    let s = admin.node.settings();
+    Ok(birth.and_then(|b| time::attains_age(b, s.own_journal_age, s.leap_day, &admin.tz)))
+}
+
+async fn create(
+    admin: &Admin,
+    caller: &Caller,
+    family: Family,
+    body: &Map<String, Value>,
+) -> Result<AdminAnswer, ApiError> {
+    let mut new = validate::new_rule(body, caller, family, admin.now(), &admin.tz)?;
+    if new.rule.kind.is_grant() {
+        let sixteen = attains_16(admin, new.rule.subject).await?;
+        validate::cap_grant(&mut new, sixteen)?;
+    }
+    let (kind, urgent, valid_until) = (new.rule.kind, new.meta.urgent, new.rule.valid_until);
+    let require_guardian = new.rule.guardian.is_some();
+    let committed = admin
+        .node
+        .store()
+        .create_rule(new, require_guardian, caller)
+        .await
+        .map_err(|e| store_error(e, family))?;
+    visible(admin, committed.revision).await;
+    info!(
+        action = crate::store::create_action(kind),
+        kind = kind.as_str(),
+        revision = committed.revision,
+        by = %caller.name,
+        urgent,
+        "write committed"
+    );
+    Ok(json_answer(
+        201,
+        &Created::new(committed.revision, urgent, valid_until, &admin.tz),
+    ))
+}
+
+async fn lift(
+    admin: &Admin,
+    caller: &Caller,
+    family: Family,
+    id: RuleId,
+    body: &Map<String, Value>,
+) -> Result<AdminAnswer, ApiError> {
+    let req = validate::lift_request(body, caller, family)?;
+    let committed = admin
+        .node
+        .store()
+        .lift(id, req, caller)
+        .await
+        .map_err(|e| store_error(e, family))?;
+    visible(admin, committed.revision).await;
+    info!(action = "lift", revision = committed.revision, by = %caller.name, "write committed");
+    Ok(json_answer(
+        200,
+        &Written {
+            revision: committed.revision,
+        },
+    ))
+}
+
+async fn confirm(
+    admin: &Admin,
+    caller: &Caller,
+    id: RuleId,
+    body: &Map<String, Value>,
+) -> Result<AdminAnswer, ApiError> {
+    let req = validate::confirm_request(body, caller)?;
+    let committed = admin
+        .node
+        .store()
+        .confirm(id, req, caller)
+        .await
+        .map_err(|e| store_error(e, Family::Restriction))?;
+    visible(admin, committed.revision).await;
+    info!(action = "confirm", revision = committed.revision, by = %caller.name, "write committed");
+    Ok(json_answer(
+        200,
+        &Written {
+            revision: committed.revision,
+        },
+    ))
+}
+
+/// `POST /v1/population`: NDJSON streamed straight into one transaction.
+/// Lines are parsed as they arrive and sent on in batches; the first bad
+/// line abandons the transaction, so nothing of the import is applied.
+async fn population(admin: &Admin, caller: &Caller, req: Request<Incoming>) -> Result<AdminAnswer, ApiError> {
+    let started = std::time::Instant::now();
+    let (tx, rx) = mpsc::channel::<ImportMsg>(4);
+    let store = admin.node.store().clone();
+    let by = caller.clone();
+    let import = tokio::spawn(async move { store.import(rx, &by).await });
+    let mut reader = ndjson::Reader::new(admin.today());
+    let mut body = req.into_body();
+    let mut batch: Vec<PersonRecord> = Vec::with_capacity(IMPORT_BATCH);
+    let fed: Result<(), ApiError> = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| ApiError::invalid_body("the body could not be read"))?;
+            let Ok(data) = frame.into_data() else { continue };
+            reader.feed(&data, &mut batch)?;
+            if batch.len() >= IMPORT_BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH));
+                if tx.send(ImportMsg::Batch(full)).await.is_err() {
+                    // The store gave up; its error is reported below.
+                    return Ok(());
+                }
+            }
+        }
+        reader.finish(&mut batch)?;
+        if !batch.is_empty() {
+            let _ = tx.send(ImportMsg::Batch(std::mem::take(&mut batch))).await;
+        }
+        let _ = tx.send(ImportMsg::End).await;
+        Ok(())
+    }
+    .await;
+    // A bad line: dropping the sender without `End` rolls the import back.
+    drop(tx);
+    let outcome = import.await.map_err(|e| {
+        error!(error = %e, "the import task failed; nothing was written");
+        ApiError::internal("the import failed; nothing was written")
+    })?;
+    fed?;
+    let imported = outcome.map_err(|e| store_error(e, Family::Restriction))?;
+    visible(admin, imported.revision).await;
+    info!(
+        action = "population",
+        revision = imported.revision,
+        upserted = imported.upserted,
+        changed = imported.changed,
+        seconds = started.elapsed().as_secs_f64(),
+        by = %caller.name,
+        "write committed"
+    );
+    Ok(json_answer(200, &ImportedView::from(imported)))
+}
+
+/// `GET /v1/subjects/{id}`: the person, their guardians, every restriction
+/// and grant, and the answer each guardian (and the subject) gets now.
+async fn subject_view(admin: &Admin, subject: Pid) -> Result<AdminAnswer, ApiError> {
+    let store = admin.node.store();
+    let person = store
+        .person(subject)
+        .await
+        .map_err(|e| store_error(e, Family::Restriction))?;
+    let rules = store
+        .rules_of(subject)
+        .await
+        .map_err(|e| store_error(e, Family::Restriction))?;
+    let at = admin.now();
+    let published = admin.node.publication().current();
+    let answers = published.as_deref().map(|p| {
+        let snap = &p.snapshot;
+        let mut actors: Vec<Pid> = snap.people().guardians_of(subject).collect();
+        actors.push(subject);
+        let mut out = Vec::new();
+        for actor in actors {
+            for service in [Service::Journal, Service::Eservices] {
+                let q = Query {
+                    actor,
+                    subject,
+                    service,
+                    at,
+                };
+                out.push(AnswerView::new(&decide(snap, &q), actor, service, at, snap.tz()));
+            }
+        }
+        out
+    });
+    let revision = published.as_deref().map(|p| p.snapshot.revision());
+    let view = SubjectView::new(subject, person.as_ref(), &rules, answers, revision, at, &admin.tz);
+    Ok(json_answer(200, &view))
+}
+
+/// `GET /v1/audit?subject=`: every write concerning the subject.
+async fn audit_view(admin: &Admin, subject: Pid) -> Result<AdminAnswer, ApiError> {
+    let entries = admin
+        .node
+        .store()
+        .audit_of(subject)
+        .await
+        .map_err(|e| store_error(e, Family::Restriction))?;
+    Ok(json_answer(200, &AuditView::new(subject, &entries, &admin.tz)))
+}
+
+/// `GET /v1/snapshot`: this node's newest snapshot file, for a peer's
+/// bootstrap, streamed. A checkpoint renamed over the file meanwhile does
+/// not disturb it: the open file keeps the old one.
+async fn snapshot_file(admin: &Admin) -> Result<AdminAnswer, ApiError> {
+    let unreadable = |_| ApiError::internal("cannot read the snapshot file");
+    let path = admin
+        .node
+        .snapshot_file()
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "this instance has no snapshot file yet", None))?;
+    let file = tokio::fs::File::open(&path).await.map_err(unreadable)?;
+    let len = file.metadata().await.map_err(unreadable)?.len();
+    let frames = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map(|chunk| chunk.map(Frame::data));
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decoded;
+
+    #[test]
+    fn query_values_are_decoded_but_a_plus_stays() {
+        assert_eq!(percent_decoded("20150916%2D2390"), "20150916-2390");
+        assert_eq!(percent_decoded("150916%2B2390"), "150916+2390");
+        assert_eq!(percent_decoded("150916+2390"), "150916+2390");
+        assert_eq!(percent_decoded("1509%"), "1509%");
+        assert_eq!(percent_decoded("1509%zz16"), "1509%zz16");
+    }
+}

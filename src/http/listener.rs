@@ -1,0 +1,274 @@
+//! The accept loop both listeners share, and the limits it enforces: a
+//! connection limit, a deadline for each request head, an idle timeout for
+//! keep-alive connections, and a graceful stop that lets in-flight requests
+//! finish.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Body;
+use hyper::header::HeaderName;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::http::metrics::Metrics;
+
+/// The header names `GET /v1/authz` reads.
+#[derive(Debug, Clone)]
+pub struct AuthzHeaders {
+    /// Who is logged in (default `x-actor-id`).
+    pub actor: HeaderName,
+    /// Whose journal (default `x-subject-id`).
+    pub subject: HeaderName,
+    /// Which service (default `x-service`).
+    pub service: HeaderName,
+}
+
+impl Default for AuthzHeaders {
+    fn default() -> Self {
+        AuthzHeaders {
+            actor: HeaderName::from_static("x-actor-id"),
+            subject: HeaderName::from_static("x-subject-id"),
+            service: HeaderName::from_static("x-service"),
+        }
+    }
+}
+
+/// How the check listener treats its clients.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Most connections open at once; more are closed on accept.
+    pub max_connections: usize,
+    /// A client must send a whole request head within this.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub shutdown_grace: Duration,
+    /// Header names for `/v1/authz`.
+    pub authz: AuthzHeaders,
+    /// How long a check carrying a `min_revision` this instance has not
+    /// reached waits for it before answering `503`.
+    pub min_revision_wait: Duration,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+            authz: AuthzHeaders::default(),
+            min_revision_wait: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The accept loop both listeners share: at most `max_connections`
+/// connections (more are closed at once and counted), a request head within
+/// `header_read_timeout`, idle connections closed, and on `shutdown` no new
+/// connections while in-flight requests finish. Connections are counted in
+/// `metrics`.
+pub async fn serve<H, F, B>(
+    listener: TcpListener,
+    config: &ListenerConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+    handler: H,
+) -> std::io::Result<()>
+where
+    H: Fn(Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .keep_alive(true);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics.connection_refused();
+            debug!(%peer, "connection limit reached; closing");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        metrics.connection_opened();
+        let io = TokioIo::new(IdleTimeout::new(stream, config.idle_timeout));
+        let handler = handler.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let fut = handler(req);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let conn = graceful.watch(http.serve_connection(io, service));
+        let conn_metrics = metrics.clone();
+        tokio::spawn(
+            async move {
+                if let Err(e) = conn.await {
+                    debug!(error = %e, "connection ended with an error");
+                }
+                conn_metrics.connection_closed();
+                drop(permit);
+            }
+            .instrument(tracing::debug_span!("conn", peer = %Peer(peer))),
+        );
+    }
+    drop(listener);
+    info!("shutting down: finishing in-flight requests");
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("shutdown grace elapsed; closing remaining connections");
+    }
+    Ok(())
+}
+
+/// A peer address in logs.
+struct Peer(SocketAddr);
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+pub use idle::IdleTimeout;
+
+mod idle {
+    //! A stream that fails reads once it has been idle too long, so that a
+    //! client holding a connection open without asking anything gives its
+    //! slot back.
+    //!
+    //! Cheap on the hot path: I/O only sets a flag. The timer is checked when
+    //! it fires: if there was activity since, it is re-armed, so an idle
+    //! connection closes between one and two timeouts after its last byte,
+    //! and a busy one costs one timer reset per timeout, not per request.
+
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio::time::{Instant, Sleep};
+
+    /// A stream with an idle deadline.
+    #[derive(Debug)]
+    pub struct IdleTimeout<S> {
+        inner: S,
+        timeout: Duration,
+        deadline: Pin<Box<Sleep>>,
+        active: bool,
+    }
+
+    impl<S> IdleTimeout<S> {
+        /// Wraps `inner`.
+        pub fn new(inner: S, timeout: Duration) -> Self {
+            IdleTimeout {
+                inner,
+                timeout,
+                deadline: Box::pin(tokio::time::sleep(timeout)),
+                active: false,
+            }
+        }
+
+        fn touch(&mut self) {
+            self.active = true;
+        }
+
+        /// Whether the connection has been idle for a whole timeout.
+        fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+            while self.deadline.as_mut().poll(cx).is_ready() {
+                if !self.active {
+                    return true;
+                }
+                self.active = false;
+                let next = Instant::now() + self.timeout;
+                self.deadline.as_mut().reset(next);
+            }
+            false
+        }
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            match Pin::new(&mut self.inner).poll_read(cx, buf) {
+                Poll::Ready(r) => {
+                    if buf.filled().len() > before {
+                        self.touch();
+                    }
+                    Poll::Ready(r)
+                }
+                Poll::Pending if self.expired(cx) => {
+                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+            if let Poll::Ready(Ok(n)) = r
+                && n > 0
+            {
+                self.touch();
+            }
+            r
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+            if let Poll::Ready(Ok(n)) = r
+                && n > 0
+            {
+                self.touch();
+            }
+            r
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.inner.is_write_vectored()
+        }
+    }
+}
