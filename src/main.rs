@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use guardian_access::clock::Clock;
 
 mod cli;
 
@@ -11,8 +12,10 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The one place the binary chooses its clock; there is no flag for it.
+    let clock = Clock::system();
     if let Command::Serve(flags) = cli.command {
-        return match cli::serve::main(*flags) {
+        return match cli::serve::main(*flags, clock) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -27,7 +30,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(cli::run(cli.command)) {
+    match runtime.block_on(cli::run(cli.command, &clock)) {
         Ok(out) => {
             println!("{out}");
             ExitCode::SUCCESS

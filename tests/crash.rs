@@ -27,8 +27,8 @@ fn families(n: u16) -> Vec<(String, String)> {
     (1..=n)
         .map(|i| {
             (
-                support::pid(2016, 5, 1 + (i % 28) as u8, i).to_string(),
-                support::pid(1984, 5, 1 + (i % 28) as u8, i).to_string(),
+                support::pid(support::years_ago(10), 5, 1 + (i % 28) as u8, i).to_string(),
+                support::pid(support::years_ago(42), 5, 1 + (i % 28) as u8, i).to_string(),
             )
         })
         .collect()
@@ -88,7 +88,7 @@ async fn every_acknowledged_write_survives_sigkill() {
     // And a big import in flight: it must land whole or not at all.
     let big: Vec<(String, String)> = (1..=999u16)
         .flat_map(|i| {
-            (2010..2022i16).flat_map(move |y| {
+            (support::years_ago(16)..support::years_ago(4)).flat_map(move |y| {
                 (1..=5u8).map(move |m| {
                     (
                         support::pid(y, m, 1 + (i % 28) as u8, i).to_string(),

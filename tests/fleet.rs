@@ -10,6 +10,7 @@
 mod support;
 
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use guardian_access::node::{NodeConfig, Peer};
@@ -18,17 +19,28 @@ use serde_json::{Value, json};
 use support::pg::Cluster;
 use support::{AUDITOR, Instance, PEER, POPULATION, Process, REGISTRAR, UNIT};
 
-// Skatteverket's test numbers.
-const KID: &str = "201509162390";
+// The guardians: Skatteverket's test numbers (adults whatever the date).
 const MOTHER: &str = "197701012382";
 const FATHER: &str = "198001022386";
-const KID2: &str = "201801012392";
 const KID2_G: &str = "198001032385";
+
+/// The children: numbers generated at run time, 8 and 5 years old today.
+/// The fleet has real processes in it, on the system clock, so ages are
+/// made relative to it rather than pinned.
+fn kid() -> &'static str {
+    static KID: LazyLock<String> = LazyLock::new(|| support::pid(support::years_ago(8), 9, 16, 239).to_string());
+    &KID
+}
+
+fn kid2() -> &'static str {
+    static KID2: LazyLock<String> = LazyLock::new(|| support::pid(support::years_ago(5), 1, 1, 239).to_string());
+    &KID2
+}
 
 fn population() -> String {
     [
-        json!({"id": KID, "protected": false, "guardians": [MOTHER, FATHER]}),
-        json!({"id": KID2, "protected": false, "guardians": [KID2_G]}),
+        json!({"id": kid(), "protected": false, "guardians": [MOTHER, FATHER]}),
+        json!({"id": kid2(), "protected": false, "guardians": [KID2_G]}),
     ]
     .iter()
     .map(|l| format!("{l}\n"))
@@ -45,7 +57,7 @@ fn node(data_dir: Option<PathBuf>, max_staleness: Duration) -> NodeConfig {
 }
 
 async fn instance(url: &str, config: NodeConfig) -> Instance {
-    Instance::start(Store::open_postgres(url).await.unwrap(), config).await
+    Instance::start_on_system_clock(Store::open_postgres(url).await.unwrap(), config).await
 }
 
 fn seal(subject: &str, basis: &str) -> String {
@@ -97,19 +109,19 @@ async fn three_instances_converge_and_read_their_writes() {
     );
 
     // A write through each node.
-    let block = json!({"kind": "block", "subject": KID, "guardian": MOTHER, "issuing_unit": UNIT,
+    let block = json!({"kind": "block", "subject": kid(), "guardian": MOTHER, "issuing_unit": UNIT,
                        "decided_by": {"name": "Verksamhetschef"}, "basis": "Orosanmälan"});
     let r1 = b.admin_post(REGISTRAR, "/v1/restrictions", &block.to_string()).await;
     assert_eq!(r1.status, 201, "{}", r1.text());
     let r2 = c
-        .admin_post(REGISTRAR, "/v1/restrictions", &seal(KID2, "Polisärende"))
+        .admin_post(REGISTRAR, "/v1/restrictions", &seal(kid2(), "Polisärende"))
         .await;
     assert_eq!(r2.status, 201, "{}", r2.text());
     let last = r2.json()["revision"].as_u64().unwrap();
 
     // Read-your-writes on another node: a check carrying the revision the
     // writer got back waits for it instead of answering from older data.
-    let body = json!({"actor": KID2_G, "subject": KID2, "service": "journal", "min_revision": last}).to_string();
+    let body = json!({"actor": KID2_G, "subject": kid2(), "service": "journal", "min_revision": last}).to_string();
     let r = support::send(a.check, "POST", "/v1/check", &[], body).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
@@ -119,9 +131,9 @@ async fn three_instances_converge_and_read_their_writes() {
 
     converge(&[a.check, b.check, c.check], last).await;
     for i in [&a, &b, &c] {
-        assert_eq!(ask(i.check, MOTHER, KID).await["reason"], "blocked");
-        assert_eq!(ask(i.check, FATHER, KID).await["reason"], "guardian");
-        assert_eq!(ask(i.check, KID2_G, KID2).await["reason"], "sealed");
+        assert_eq!(ask(i.check, MOTHER, kid()).await["reason"], "blocked");
+        assert_eq!(ask(i.check, FATHER, kid()).await["reason"], "guardian");
+        assert_eq!(ask(i.check, KID2_G, kid2()).await["reason"], "sealed");
         let s = support::get(i.check, "/v1/status", &[]).await.json();
         assert_eq!(
             (s["revision"].as_u64(), s["store"]["stale"].as_bool()),
@@ -161,7 +173,7 @@ async fn concurrent_writers_on_different_nodes_get_one_total_order() {
             tasks.push(tokio::spawn(async move {
                 let mut revisions = Vec::new();
                 for k in 0..15 {
-                    let subject = if k % 2 == 0 { KID } else { KID2 };
+                    let subject = if k % 2 == 0 { kid() } else { kid2() };
                     let auth = format!("Bearer {REGISTRAR}");
                     let r = support::send(
                         admin,
@@ -205,7 +217,7 @@ async fn concurrent_writers_on_different_nodes_get_one_total_order() {
         let admin = i.admin;
         async move {
             let auth = format!("Bearer {AUDITOR}");
-            let v = support::get(admin, &format!("/v1/subjects/{KID}"), &[("authorization", &auth)])
+            let v = support::get(admin, &format!("/v1/subjects/{}", kid()), &[("authorization", &auth)])
                 .await
                 .json();
             (v["restrictions"].as_array().unwrap().len(), v["revision"].as_u64())
@@ -237,7 +249,7 @@ async fn postgres_restarting_mid_stream_makes_instances_stale_then_converge() {
         200
     );
     let before = patient
-        .admin_post(REGISTRAR, "/v1/restrictions", &seal(KID2, "before"))
+        .admin_post(REGISTRAR, "/v1/restrictions", &seal(kid2(), "before"))
         .await;
     assert_eq!(before.status, 201);
     converge(
@@ -249,10 +261,10 @@ async fn postgres_restarting_mid_stream_makes_instances_stale_then_converge() {
     cluster.stop();
     // Writes get 503 and write nothing; checks go on from the last snapshot.
     let w = patient
-        .admin_post(REGISTRAR, "/v1/restrictions", &seal(KID, "while down"))
+        .admin_post(REGISTRAR, "/v1/restrictions", &seal(kid(), "while down"))
         .await;
     assert_eq!((w.status, w.error().0.as_str()), (503, "not_ready"), "{}", w.text());
-    assert_eq!(ask(patient.check, KID2_G, KID2).await["reason"], "sealed");
+    assert_eq!(ask(patient.check, KID2_G, kid2()).await["reason"], "sealed");
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let s = support::get(patient.check, "/v1/status", &[]).await.json();
     assert_eq!(
@@ -262,7 +274,7 @@ async fn postgres_restarting_mid_stream_makes_instances_stale_then_converge() {
     );
     assert!(s["store"]["lag_seconds"].as_f64().unwrap() >= 1.0, "{s}");
     assert_eq!(
-        ask(patient.check, MOTHER, KID).await["reason"],
+        ask(patient.check, MOTHER, kid()).await["reason"],
         "guardian",
         "still answering"
     );
@@ -272,7 +284,7 @@ async fn postgres_restarting_mid_stream_makes_instances_stale_then_converge() {
         "POST",
         "/v1/check",
         &[],
-        json!({"actor": MOTHER, "subject": KID, "service": "journal"}).to_string(),
+        json!({"actor": MOTHER, "subject": kid(), "service": "journal"}).to_string(),
     )
     .await;
     assert_eq!((r.status, r.error().0.as_str()), (503, "not_ready"));
@@ -280,7 +292,11 @@ async fn postgres_restarting_mid_stream_makes_instances_stale_then_converge() {
     let authz = support::get(
         strict.check,
         "/v1/authz",
-        &[("x-actor-id", MOTHER), ("x-subject-id", KID), ("x-service", "journal")],
+        &[
+            ("x-actor-id", MOTHER),
+            ("x-subject-id", kid()),
+            ("x-service", "journal"),
+        ],
     )
     .await;
     assert_eq!(authz.status, 503);
@@ -291,7 +307,7 @@ async fn postgres_restarting_mid_stream_makes_instances_stale_then_converge() {
     let mut after = None;
     for _ in 0..100 {
         let r = patient
-            .admin_post(REGISTRAR, "/v1/restrictions", &seal(KID, "after"))
+            .admin_post(REGISTRAR, "/v1/restrictions", &seal(kid(), "after"))
             .await;
         if r.status == 201 {
             after = Some(r.json()["revision"].as_u64().unwrap());
@@ -304,7 +320,7 @@ async fn postgres_restarting_mid_stream_makes_instances_stale_then_converge() {
     converge(&[strict.check, patient.check], after).await;
     strict.ready().await;
     for i in [&strict, &patient] {
-        assert_eq!(ask(i.check, MOTHER, KID).await["reason"], "sealed");
+        assert_eq!(ask(i.check, MOTHER, kid()).await["reason"], "sealed");
         let s = support::get(i.check, "/v1/status", &[]).await.json();
         assert_eq!(
             (s["ready"].as_bool(), s["store"]["stale"].as_bool()),
@@ -352,7 +368,7 @@ async fn a_killed_instance_restarts_from_its_file_and_catches_up() {
 
     // The fleet writes on while it is down.
     let r = other
-        .admin_post(REGISTRAR, "/v1/restrictions", &seal(KID, "while it was down"))
+        .admin_post(REGISTRAR, "/v1/restrictions", &seal(kid(), "while it was down"))
         .await;
     assert_eq!(r.status, 201);
     let last = r.json()["revision"].as_u64().unwrap();
@@ -360,18 +376,19 @@ async fn a_killed_instance_restarts_from_its_file_and_catches_up() {
     let p = Process::serve(&args);
     p.ready().await;
     assert!(revision(p.check).await >= last);
-    assert_eq!(ask(p.check, MOTHER, KID).await["reason"], "sealed");
+    assert_eq!(ask(p.check, MOTHER, kid()).await["reason"], "sealed");
     let s = support::get(p.check, "/v1/status", &[]).await.json();
     assert_eq!(s["store"]["rebuilds"], 0, "it started from its own snapshot file: {s}");
 
     // The command line on the same PostgreSQL: an offline import, picked
     // up by the running instances, and a decision from the store.
     let file = dir.path().join("more.ndjson");
+    let newcomer = support::pid(support::years_ago(6), 6, 1, 238).to_string();
     std::fs::write(
         &file,
         format!(
             "{}\n",
-            json!({"id": "201406012383", "protected": false, "guardians": ["197701022381"]})
+            json!({"id": newcomer, "protected": false, "guardians": ["197701022381"]})
         ),
     )
     .unwrap();
@@ -386,9 +403,9 @@ async fn a_killed_instance_restarts_from_its_file_and_catches_up() {
     let imported: Value = serde_json::from_slice(&out.stdout).unwrap();
     let revision = imported["revision"].as_u64().unwrap();
     converge(&[p.check, other.check], revision).await;
-    assert_eq!(ask(p.check, "197701022381", "201406012383").await["reason"], "guardian");
+    assert_eq!(ask(p.check, "197701022381", &newcomer).await["reason"], "guardian");
     let out = std::process::Command::new(bin)
-        .args(["check", "--store", &url, "--actor", MOTHER, "--subject", KID])
+        .args(["check", "--store", &url, "--actor", MOTHER, "--subject", kid()])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -415,7 +432,7 @@ async fn a_late_joiner_starts_from_a_peers_snapshot_file() {
         200
     );
     first
-        .admin_post(REGISTRAR, "/v1/restrictions", &seal(KID2, "before the joiner"))
+        .admin_post(REGISTRAR, "/v1/restrictions", &seal(kid2(), "before the joiner"))
         .await;
     for _ in 0..200 {
         if first_dir.path().join("snapshot").exists() {
@@ -425,7 +442,7 @@ async fn a_late_joiner_starts_from_a_peers_snapshot_file() {
     }
     // Written after the peer's checkpoint: the joiner must catch up on it.
     let r = first
-        .admin_post(REGISTRAR, "/v1/restrictions", &seal(KID, "after the checkpoint"))
+        .admin_post(REGISTRAR, "/v1/restrictions", &seal(kid(), "after the checkpoint"))
         .await;
     let last = r.json()["revision"].as_u64().unwrap();
 
@@ -438,8 +455,8 @@ async fn a_late_joiner_starts_from_a_peers_snapshot_file() {
     };
     let joiner = instance(&url, config).await;
     assert!(joiner.revision() >= last);
-    assert_eq!(ask(joiner.check, MOTHER, KID).await["reason"], "sealed");
-    assert_eq!(ask(joiner.check, KID2_G, KID2).await["reason"], "sealed");
+    assert_eq!(ask(joiner.check, MOTHER, kid()).await["reason"], "sealed");
+    assert_eq!(ask(joiner.check, KID2_G, kid2()).await["reason"], "sealed");
     let s = support::get(joiner.check, "/v1/status", &[]).await.json();
     assert_eq!(
         s["store"]["rebuilds"], 0,

@@ -108,7 +108,7 @@ pub struct At {
 }
 
 /// Runs a one-shot command; what it prints.
-pub async fn run(command: Command) -> Result<String> {
+pub async fn run(command: Command, clock: &Clock) -> Result<String> {
     match command {
         Command::Serve(_) => Err(anyhow!("`serve` is not a one-shot command")),
         Command::Check {
@@ -119,7 +119,7 @@ pub async fn run(command: Command) -> Result<String> {
             at,
         } => {
             let snap = source.snapshot().await?;
-            let at = at.resolve(&snap)?;
+            let at = at.resolve(&snap, clock)?;
             let today = time::local_date(at, snap.tz());
             let query = Query {
                 actor: identity(&actor, "actor", today)?,
@@ -137,12 +137,12 @@ pub async fn run(command: Command) -> Result<String> {
             at,
         } => {
             let snap = source.snapshot().await?;
-            let at = at.resolve(&snap)?;
+            let at = at.resolve(&snap, clock)?;
             let guardian = identity(&guardian, "guardian", time::local_date(at, snap.tz()))?;
             let body = ChildrenBody::new(&snap, guardian, service_arg(&service)?, at);
             Ok(serde_json::to_string_pretty(&body)?)
         }
-        Command::ImportPopulation { file, store } => import_population(file, store).await,
+        Command::ImportPopulation { file, store } => import_population(file, store, clock).await,
     }
 }
 
@@ -190,9 +190,9 @@ impl Source {
 }
 
 impl At {
-    fn resolve(&self, snap: &Snapshot) -> Result<Instant> {
+    fn resolve(&self, snap: &Snapshot, clock: &Clock) -> Result<Instant> {
         match &self.at {
-            None => Ok(Clock::system().now()),
+            None => Ok(clock.now()),
             Some(s) => time::parse_instant(s, snap.tz()).map_err(|e| anyhow!("`at`: {e}")),
         }
     }
@@ -208,10 +208,10 @@ fn service_arg(s: &str) -> Result<Service> {
 }
 
 /// Streams `file` through the NDJSON reader into one store transaction.
-async fn import_population(file: PathBuf, store: StoreArgs) -> Result<String> {
+async fn import_population(file: PathBuf, store: StoreArgs, clock: &Clock) -> Result<String> {
     let started = std::time::Instant::now();
-    let store = store.open(true).await?;
-    let today = time::local_date(Clock::system().now(), &time::stockholm()?);
+    let store = store.open(true).await?.with_clock(clock.clone());
+    let today = time::local_date(clock.now(), &time::stockholm()?);
     let (tx, rx) = tokio::sync::mpsc::channel::<ImportMsg>(4);
     let reader = tokio::task::spawn_blocking(move || -> Result<u64> {
         let mut input: Box<dyn Read> = if file.as_os_str() == "-" {

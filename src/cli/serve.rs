@@ -99,7 +99,7 @@ async fn seed(store: &Store, scenario: &Scenario) -> Result<()> {
 }
 
 /// Runs `serve` to completion.
-pub fn main(flags: ServeFlags) -> Result<()> {
+pub fn main(flags: ServeFlags, clock: Clock) -> Result<()> {
     let file = config_file(flags.config.as_deref())?;
     let peer_token = std::env::var("GUARDIAN_ACCESS_PEER_TOKEN").ok();
     let config = flags.resolve(&file, peer_token.as_deref())?;
@@ -183,7 +183,7 @@ pub fn main(flags: ServeFlags) -> Result<()> {
                 settings: Arc::new(settings),
                 tokens,
                 source: label,
-                clock: Clock::system(),
+                clock,
             },
         );
         if let Some(tokens) = demo {

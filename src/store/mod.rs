@@ -241,6 +241,14 @@ pub enum ImportMsg {
     End,
 }
 
+/// A population import as a backend runs it: the records, who sends them
+/// and the action it is audited under (`population` or `seed`).
+pub(crate) struct Import<'a> {
+    rx: mpsc::Receiver<ImportMsg>,
+    by: &'a Caller,
+    action: &'static str,
+}
+
 /// Why a store operation failed. Nothing was written in any case.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -414,6 +422,18 @@ fn new_store_id() -> Result<String, StoreError> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
+/// Writes a scenario's rule as it is (lifted or not); its revision.
+async fn seeded<T: protocol::Tx>(
+    tx: &mut T,
+    revision: u64,
+    at: Instant,
+    new: &NewRule,
+    by: &Caller,
+) -> Result<u64, StoreError> {
+    protocol::seed_rule(tx, revision, at, new, by).await?;
+    Ok(revision)
+}
+
 /// One of the two backends. An enum rather than a trait object: the two
 /// are fixed, and async methods then need no boxing. Each method runs the
 /// one [`protocol`] on the backend's transactions.
@@ -524,19 +544,46 @@ impl Store {
     /// Imports population records arriving on `rx` in one transaction: all
     /// or nothing.
     pub async fn import(&self, rx: mpsc::Receiver<ImportMsg>, by: &Caller) -> Result<Imported, StoreError> {
+        self.import_as(rx, by, "population").await
+    }
+
+    async fn import_as(
+        &self,
+        rx: mpsc::Receiver<ImportMsg>,
+        by: &Caller,
+        action: &'static str,
+    ) -> Result<Imported, StoreError> {
+        let import = Import { rx, by, action };
         match self {
-            Store::Sqlite(s) => s.import(rx, by).await,
-            Store::Postgres(s) => s.import(rx, by).await,
+            Store::Sqlite(s) => s.import(import).await,
+            Store::Postgres(s) => s.import(import).await,
         }
     }
 
     /// Writes a scenario's people and rules as they are (lifted ones
     /// included), for `--demo` and `--scenario`: a throwaway store only.
+    /// The people are one write (audited as `seed`), each rule one more.
     pub async fn seed(&self, persons: Vec<PersonRecord>, rules: Vec<NewRule>, by: &Caller) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.seed(persons, rules, by).await,
-            Store::Postgres(s) => s.seed(persons, rules, by).await,
+        let (tx, rx) = mpsc::channel(2);
+        // Room for both messages: neither send waits.
+        let _ = tx.try_send(ImportMsg::Batch(persons));
+        let _ = tx.try_send(ImportMsg::End);
+        drop(tx);
+        let mut revision = self.import_as(rx, by, "seed").await?.revision;
+        for new in rules {
+            let by = by.clone();
+            revision = match self {
+                Store::Sqlite(s) => {
+                    s.write(async move |tx, rev, at| seeded(tx, rev, at, &new, &by).await)
+                        .await?
+                }
+                Store::Postgres(s) => {
+                    s.write(async |tx, rev, at| seeded(tx, rev, at, &new, &by).await)
+                        .await?
+                }
+            };
         }
+        Ok(revision)
     }
 
     /// What changed after `after`; `TooMany` when more than `max_persons`

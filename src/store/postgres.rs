@@ -23,14 +23,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::{IsolationLevel, NoTls};
 
 use super::protocol::{self, EachRow, Param, Row, Tx, wide};
 use super::sql::Dialect;
-use super::{ImportMsg, Imported, NewRule, StoreError};
-use crate::actor::Caller;
+use super::{Import, ImportMsg, Imported, StoreError};
 use crate::clock::Clock;
 use crate::core::people::PersonRecord;
 use crate::core::time::Instant;
@@ -176,7 +175,8 @@ impl PgStore {
 
     /// See [`super::Store::import`]: `COPY` into a temporary table, then
     /// one merge under the revision lock.
-    pub(crate) async fn import(&self, mut rx: mpsc::Receiver<ImportMsg>, by: &Caller) -> Result<Imported, StoreError> {
+    pub(crate) async fn import(&self, import: Import<'_>) -> Result<Imported, StoreError> {
+        let Import { mut rx, by, action } = import;
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let tx = client.transaction().await.map_err(pg)?;
         tx.batch_execute(
@@ -213,7 +213,7 @@ impl PgStore {
         let revision = protocol::next_revision(&mut t).await?;
         let at = self.clock.now();
         let changed = tx.execute(MERGE, &[&wide(revision)?]).await.map_err(pg)?;
-        protocol::record_population(&mut t, revision, at, by, "population", upserted, changed).await?;
+        protocol::record_population(&mut t, revision, at, by, action, upserted, changed).await?;
         notify(&tx, revision).await?;
         tx.commit().await.map_err(pg)?;
         Ok(Imported {
@@ -221,32 +221,6 @@ impl PgStore {
             upserted,
             changed,
         })
-    }
-
-    /// See [`super::Store::seed`]: the people as an import, then each rule
-    /// as a write of its own.
-    pub(crate) async fn seed(
-        &self,
-        persons: Vec<PersonRecord>,
-        rules: Vec<NewRule>,
-        by: &Caller,
-    ) -> Result<u64, StoreError> {
-        let (tx_in, rx) = mpsc::channel(2);
-        let send = async move {
-            let _ = tx_in.send(ImportMsg::Batch(persons)).await;
-            let _ = tx_in.send(ImportMsg::End).await;
-        };
-        let (imported, ()) = tokio::join!(self.import(rx, by), send);
-        let mut revision = imported?.revision;
-        for new in &rules {
-            revision = self
-                .write(async |tx, revision, at| {
-                    protocol::seed_rule(tx, revision, at, new, by).await?;
-                    Ok(revision)
-                })
-                .await?;
-        }
-        Ok(revision)
     }
 
     /// Opens the dedicated `LISTEN` connection. `wake` is notified on every

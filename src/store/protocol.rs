@@ -486,37 +486,35 @@ pub(crate) async fn rules_of<T: Tx>(tx: &mut T, subject: Pid) -> Result<Vec<Stor
 /// and every population write that changed their record.
 pub(crate) async fn audit_of<T: Tx>(tx: &mut T, subject: Pid) -> Result<Vec<AuditEntry>, StoreError> {
     let key = [pid(subject)?];
+    // Both queries start with the audit row's revision, at, actor, role and
+    // action; then the rule id and detail, or the person's record as it was.
+    let entry = |r: &dyn Row, rule_id: Option<u64>, detail: Value| -> Result<AuditEntry, StoreError> {
+        Ok(AuditEntry {
+            revision: narrow(r.req_int(0)?)?,
+            at: Instant::from_nanos(r.req_int(1)?),
+            actor: r.req_text(2)?.to_owned(),
+            role: r.req_text(3)?.to_owned(),
+            action: r.req_text(4)?.to_owned(),
+            subject: Some(subject),
+            rule_id,
+            detail,
+        })
+    };
     let mut out = tx
         .all(sql::AUDIT_OF, &key, |r| {
-            Ok(AuditEntry {
-                revision: narrow(r.req_int(0)?)?,
-                at: Instant::from_nanos(r.req_int(1)?),
-                actor: r.req_text(2)?.to_owned(),
-                role: r.req_text(3)?.to_owned(),
-                action: r.req_text(4)?.to_owned(),
-                subject: Some(subject),
-                rule_id: r.int(5)?.map(narrow).transpose()?,
-                detail: parse_json(r.req_text(6)?)?,
-            })
+            let rule_id = r.int(5)?.map(narrow).transpose()?;
+            entry(r, rule_id, parse_json(r.req_text(6)?)?)
         })
         .await?;
     let history = tx
         .all(sql::POPULATION_AUDIT_OF, &key, |r| {
             let guardians: Vec<String> = parse_guardians(r.req_text(7)?)?.iter().map(Pid::to_string).collect();
-            Ok(AuditEntry {
-                revision: narrow(r.req_int(0)?)?,
-                at: Instant::from_nanos(r.req_int(1)?),
-                actor: r.req_text(2)?.to_owned(),
-                role: r.req_text(3)?.to_owned(),
-                action: r.req_text(4)?.to_owned(),
-                subject: Some(subject),
-                rule_id: None,
-                detail: serde_json::json!({
-                    "birth_date": r.text(5)?,
-                    "protected": r.flag(6)?,
-                    "guardians": guardians,
-                }),
-            })
+            let record = serde_json::json!({
+                "birth_date": r.text(5)?,
+                "protected": r.flag(6)?,
+                "guardians": guardians,
+            });
+            entry(r, None, record)
         })
         .await?;
     out.extend(history);

@@ -16,12 +16,10 @@ use std::sync::{Arc, Mutex};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
 
 use super::protocol::{self, EachRow, Param, Row, Tx, wide};
 use super::sql::{self, Dialect};
-use super::{ImportMsg, Imported, NewRule, StoreError};
-use crate::actor::Caller;
+use super::{Import, ImportMsg, Imported, StoreError};
 use crate::clock::Clock;
 use crate::core::people::PersonRecord;
 use crate::core::time::Instant;
@@ -204,7 +202,8 @@ impl SqliteStore {
     /// by-person history index; with the usual page cache a national import
     /// spends its time re-reading pages. The writer gets a large cache for
     /// the import only and gives the memory back afterwards.
-    pub(crate) async fn import(&self, mut rx: mpsc::Receiver<ImportMsg>, by: &Caller) -> Result<Imported, StoreError> {
+    pub(crate) async fn import(&self, import: Import<'_>) -> Result<Imported, StoreError> {
+        let Import { mut rx, by, action } = import;
         let by = by.clone();
         self.write_with(Cache::Import, async move |tx, revision, at| {
             let mut writer = PersonWriter::new(tx.conn, revision)?;
@@ -228,40 +227,12 @@ impl SqliteStore {
                 }
             }
             drop(writer);
-            protocol::record_population(tx, revision, at, &by, "population", upserted, changed).await?;
+            protocol::record_population(tx, revision, at, &by, action, upserted, changed).await?;
             Ok(Imported {
                 revision,
                 upserted,
                 changed,
             })
-        })
-        .await
-    }
-
-    /// See [`super::Store::seed`]: the people at one revision, then each rule
-    /// at its own, all in one transaction.
-    pub(crate) async fn seed(
-        &self,
-        persons: Vec<PersonRecord>,
-        rules: Vec<NewRule>,
-        by: &Caller,
-    ) -> Result<u64, StoreError> {
-        let by = by.clone();
-        self.write(async move |tx, revision, at| {
-            let mut writer = PersonWriter::new(tx.conn, revision)?;
-            let mut changed = 0;
-            for p in &persons {
-                changed += u64::from(writer.write(p)?);
-            }
-            drop(writer);
-            let upserted = u64::try_from(persons.len()).unwrap_or(u64::MAX);
-            protocol::record_population(tx, revision, at, &by, "seed", upserted, changed).await?;
-            let mut last = revision;
-            for new in &rules {
-                last = protocol::next_revision(tx).await?;
-                protocol::seed_rule(tx, last, at, new, &by).await?;
-            }
-            Ok(last)
         })
         .await
     }

@@ -96,6 +96,14 @@ pub fn clock() -> Clock {
     Clock::manual(Instant::from_timestamp(NOW.parse().unwrap()).unwrap())
 }
 
+/// The year `n` years before today's (the system clock's), for numbers
+/// generated at run time that must have an age today: tests that run the
+/// binary cannot pin its clock.
+pub fn years_ago(n: i16) -> i16 {
+    let tz = guardian_access::core::time::stockholm().unwrap();
+    guardian_access::core::time::local_date(Clock::system().now(), &tz).year() - n
+}
+
 /// Node settings that react quickly in tests.
 pub fn quick_node(data_dir: Option<PathBuf>) -> NodeConfig {
     NodeConfig {
@@ -118,6 +126,16 @@ impl Instance {
     }
 
     pub async fn start_with(store: Store, node: NodeConfig, settings: Settings) -> Instance {
+        Instance::start_full(store, node, settings, clock()).await
+    }
+
+    /// An instance on the system clock, for a fleet that also has real
+    /// processes in it (they cannot be pinned).
+    pub async fn start_on_system_clock(store: Store, node: NodeConfig) -> Instance {
+        Instance::start_full(store, node, Settings::default(), Clock::system()).await
+    }
+
+    async fn start_full(store: Store, node: NodeConfig, settings: Settings, clock: Clock) -> Instance {
         let check = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (check_addr, admin_addr) = (check.local_addr().unwrap(), admin.local_addr().unwrap());
@@ -134,7 +152,7 @@ impl Instance {
                 settings: Arc::new(settings),
                 tokens: tokens(),
                 source: "test".into(),
-                clock: clock(),
+                clock,
             },
         );
         let i = Instance {

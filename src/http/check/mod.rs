@@ -23,6 +23,7 @@ use tracing::debug;
 
 use crate::clock::Clock;
 use crate::core::identity::Pid;
+use crate::core::snapshot::Snapshot;
 use crate::http::error::ApiError;
 use crate::http::listener::{ListenerConfig, serve};
 use crate::http::metrics::{Endpoint, Metrics, SnapshotGauges};
@@ -187,16 +188,28 @@ async fn read_your_writes(state: &State, answer: impl Fn() -> Result<Answer, Api
     }
 }
 
-/// `/v1/check`, `/v1/check/batch`, `/v1/children`: one snapshot load each.
-fn decision(state: &State, endpoint: Endpoint, body: &[u8]) -> Result<Answer, ApiError> {
+/// Answers from the published snapshot, loaded once; `503` while there is
+/// none or the instance is past `max_staleness` (fail closed).
+fn from_snapshot(
+    state: &State,
+    answer: impl FnOnce(&Snapshot) -> Result<Answer, ApiError>,
+) -> Result<Answer, ApiError> {
     if state.cell.is_expired() {
         return Err(ApiError::stale());
     }
     let published = state.cell.load();
-    let Some(p) = published.as_deref() else {
-        return Err(ApiError::not_ready());
-    };
-    let snap = &p.snapshot;
+    match published.as_deref() {
+        Some(p) => answer(&p.snapshot),
+        None => Err(ApiError::not_ready()),
+    }
+}
+
+/// `/v1/check`, `/v1/check/batch`, `/v1/children`: one snapshot load each.
+fn decision(state: &State, endpoint: Endpoint, body: &[u8]) -> Result<Answer, ApiError> {
+    from_snapshot(state, |snap| decide_body(state, snap, endpoint, body))
+}
+
+fn decide_body(state: &State, snap: &Snapshot, endpoint: Endpoint, body: &[u8]) -> Result<Answer, ApiError> {
     let out = match endpoint {
         Endpoint::Check => {
             let (q, d, out) = parse::check(snap, body, state.clock.now())?;
@@ -233,14 +246,10 @@ fn decision(state: &State, endpoint: Endpoint, body: &[u8]) -> Result<Answer, Ap
 
 /// `GET /v1/authz`: for nginx `auth_request` and Envoy `ext_authz`.
 fn authz<B>(state: &State, req: &Request<B>) -> Result<Answer, ApiError> {
-    if state.cell.is_expired() {
-        return Err(ApiError::stale());
-    }
-    let published = state.cell.load();
-    let Some(p) = published.as_deref() else {
-        return Err(ApiError::not_ready());
-    };
-    let snap = &p.snapshot;
+    from_snapshot(state, |snap| authz_answer(state, snap, req))
+}
+
+fn authz_answer<B>(state: &State, snap: &Snapshot, req: &Request<B>) -> Result<Answer, ApiError> {
     let h = &state.config.authz;
     let get = |name: &HeaderName| req.headers().get(name).map(HeaderValue::as_bytes);
     parse::authz_min_revision(snap, req.headers().get("x-min-revision").map(HeaderValue::as_bytes))?;
