@@ -74,6 +74,7 @@ async fn cold(dir: PathBuf) {
             tokens: support::tokens(),
             source: "bench".into(),
             clock: guardian_access::clock::Clock::system(),
+            grpc: None,
         },
     );
     while service.state.cell.current().is_none() {

@@ -92,6 +92,8 @@ pub struct ServerFile {
     pub authz_headers: Option<AuthzHeadersFile>,
     /// Where the admin listener binds.
     pub admin_addr: Option<String>,
+    /// Envoy's gRPC ext_authz: `HOST:PORT` or `unix:/PATH`.
+    pub grpc_addr: Option<String>,
     /// The embedded store and snapshot files.
     pub data_dir: Option<String>,
     /// The admin tokens file.
@@ -189,6 +191,9 @@ pub struct ServeFlags {
     /// Where the check listener binds [default: 127.0.0.1:7070].
     #[arg(long, env = "GUARDIAN_ACCESS_CHECK_ADDR")]
     pub check_addr: Option<String>,
+    /// Envoy's gRPC ext_authz: `HOST:PORT` or `unix:/PATH` [default: off].
+    #[arg(long, env = "GUARDIAN_ACCESS_GRPC_ADDR")]
+    pub grpc_addr: Option<String>,
     /// Where the admin listener binds [default: 127.0.0.1:7071].
     #[arg(long, env = "GUARDIAN_ACCESS_ADMIN_ADDR")]
     pub admin_addr: Option<String>,
@@ -242,6 +247,31 @@ pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:7071";
 /// The data directory unless told otherwise.
 pub const DEFAULT_DATA_DIR: &str = "data";
 
+/// An address to listen on: TCP, or a Unix socket (`unix:/PATH`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// `HOST:PORT`.
+    Tcp(SocketAddr),
+    /// `unix:/PATH`.
+    Unix(PathBuf),
+}
+
+impl ListenAddr {
+    fn parse(s: &str, name: &'static str) -> Result<ListenAddr, SettingError> {
+        match s.strip_prefix("unix:") {
+            Some(path) if path.starts_with('/') => Ok(ListenAddr::Unix(PathBuf::from(path))),
+            Some(_) => Err(bad(
+                name,
+                "a Unix socket must be an absolute path: `unix:/run/guardian-access/grpc.sock`",
+            )),
+            None => s
+                .parse()
+                .map(ListenAddr::Tcp)
+                .map_err(|_| bad(name, "must be an address such as `127.0.0.1:7072` or `unix:/PATH`")),
+        }
+    }
+}
+
 /// Where `serve` gets its data from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -264,6 +294,8 @@ pub struct ServeConfig {
     pub check_addr: SocketAddr,
     /// Where the admin listener binds.
     pub admin_addr: SocketAddr,
+    /// Where Envoy's gRPC ext_authz listens, if anywhere.
+    pub grpc_addr: Option<ListenAddr>,
     /// Both listeners' limits and the check listener's settings.
     pub listener: ListenerConfig,
     /// JSON log lines instead of text.
@@ -318,6 +350,12 @@ impl ServeFlags {
         };
         let check_addr = addr(&self.check_addr, &f.check_addr, DEFAULT_CHECK_ADDR, "check_addr")?;
         let admin_addr = addr(&self.admin_addr, &f.admin_addr, DEFAULT_ADMIN_ADDR, "admin_addr")?;
+        let grpc_addr = self
+            .grpc_addr
+            .as_ref()
+            .or(f.grpc_addr.as_ref())
+            .map(|a| ListenAddr::parse(a, "grpc_addr"))
+            .transpose()?;
         let defaults = ListenerConfig::default();
         let max_connections = pick(&self.max_connections, &f.max_connections, defaults.max_connections);
         if max_connections == 0 {
@@ -441,6 +479,7 @@ impl ServeFlags {
         Ok(ServeConfig {
             check_addr,
             admin_addr,
+            grpc_addr,
             listener: ListenerConfig {
                 max_connections,
                 header_read_timeout,
@@ -554,6 +593,23 @@ mod tests {
         assert_eq!(c.node.poll_every, Duration::from_secs(1));
         assert!(!c.json_logs);
         assert_eq!(c.admin_tokens, None);
+        assert_eq!(c.grpc_addr, None, "gRPC is off unless asked for");
+    }
+
+    #[test]
+    fn the_grpc_listener_is_tcp_or_a_unix_socket() {
+        let on = |a: &str| ServeFlags {
+            grpc_addr: Some(a.into()),
+            ..ServeFlags::default()
+        };
+        let c = resolve(&on("127.0.0.1:7072"), "").unwrap();
+        assert_eq!(c.grpc_addr, Some(ListenAddr::Tcp("127.0.0.1:7072".parse().unwrap())));
+        let c = resolve(&on("unix:/run/ga/grpc.sock"), "").unwrap();
+        assert_eq!(c.grpc_addr, Some(ListenAddr::Unix("/run/ga/grpc.sock".into())));
+        let c = resolve(&ServeFlags::default(), "[server]\ngrpc_addr = \"unix:/tmp/g.sock\"").unwrap();
+        assert_eq!(c.grpc_addr, Some(ListenAddr::Unix("/tmp/g.sock".into())));
+        assert_eq!(resolve(&on("unix:relative.sock"), "").unwrap_err().name, "grpc_addr");
+        assert_eq!(resolve(&on("somewhere"), "").unwrap_err().name, "grpc_addr");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::core::model::Settings;
 use crate::http::admin::auth::Tokens;
 use crate::http::admin::{self, Admin};
 use crate::http::check::{self, State};
+use crate::http::grpc::{self, GrpcListener};
 use crate::http::listener::{self, ListenerConfig};
 use crate::http::metrics::Metrics;
 use crate::node::{Node, NodeConfig, Publication};
@@ -32,6 +33,8 @@ pub struct Options {
     pub tokens: Tokens,
     /// Where the data comes from, for `/v1/status`.
     pub source: String,
+    /// Envoy's gRPC ext_authz listener (`--grpc-addr`), if any.
+    pub grpc: Option<GrpcListener>,
     /// Where "now" comes from: checks without `at`, commit times, the
     /// admin write path. The binary passes [`Clock::system`].
     pub clock: Clock,
@@ -53,7 +56,7 @@ pub fn start(
     check: TcpListener,
     admin: TcpListener,
     store: impl Future<Output = Result<Store, StoreError>> + Send + 'static,
-    options: Options,
+    mut options: Options,
 ) -> Service {
     let cell = Arc::new(Publication::new(options.clock.clone()));
     let metrics = Arc::new(Metrics::default());
@@ -96,6 +99,14 @@ pub fn start(
             error!(error = %e, "the admin listener failed");
         }
     }));
+    if let Some(listener) = options.grpc.take() {
+        let served = grpc::run(listener, state.clone(), stopped());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = served.await {
+                error!(error = %e, "the gRPC listener failed");
+            }
+        }));
+    }
     let check_server = check::run(check, state.clone(), stopped());
     tasks.push(tokio::spawn(async move {
         if let Err(e) = check_server.await {

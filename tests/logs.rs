@@ -109,6 +109,9 @@ async fn a_trace_level_log_holds_no_identity_number() {
     )
     .await;
 
+    // Envoy's gRPC ext_authz, the same numbers.
+    grpc_checks(state.clone(), &numbers).await;
+
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 
@@ -130,6 +133,7 @@ async fn a_trace_level_log_holds_no_identity_number() {
     assert!(log.contains("write committed"), "the writes were logged:\n{log}");
 
     assert!(log.contains("check"), "the debug events were captured:\n{log}");
+    assert!(log.contains("grpc check"), "the gRPC checks were logged:\n{log}");
     assert!(log.contains("error answer"), "errors were logged:\n{log}");
     let tag = state.tag(guardian_access::Pid::parse("197701012382", jiff::civil::date(2026, 11, 23)).unwrap());
     assert!(log.contains(&tag.to_string()), "checks carry keyed tags:\n{log}");
@@ -143,6 +147,51 @@ async fn a_trace_level_log_holds_no_identity_number() {
             }
         }
     }
+}
+
+/// Every pair asked over gRPC (valid, invalid, an unknown service).
+async fn grpc_checks(state: Arc<State>, numbers: &[(&str, &str)]) {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    use guardian_access::http::grpc::{self, GrpcListener};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(grpc::run(GrpcListener::Tcp(listener), state, async {
+        let _ = stopped.await;
+    }));
+    let channel = tonic::transport::Endpoint::try_from(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let mut client = AuthorizationClient::new(channel);
+    let mut answered = 0;
+    for (actor, subject) in numbers {
+        for service in ["journal", "x"] {
+            let headers = [
+                ("x-actor-id", *actor),
+                ("x-subject-id", *subject),
+                ("x-service", service),
+            ];
+            let req = CheckRequest {
+                attributes: Some(AttributeContext {
+                    request: Some(Request {
+                        http: Some(HttpRequest {
+                            headers: headers.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            };
+            answered += usize::from(client.check(req).await.is_ok());
+        }
+    }
+    assert_eq!(answered, numbers.len() * 2, "every call was answered");
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
 }
 
 /// Imports, writes, lifts, reads and refusals through the admin listener,

@@ -302,7 +302,7 @@ async fn every_error_has_its_code_status_and_field() {
     let r = c.get("/v1/check").await;
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("POST"));
-    let r = c.post("/v1/authz", "").await;
+    let r = c.post("/metrics", "").await;
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET"));
     s.shutdown().await;
@@ -436,6 +436,47 @@ async fn authz_answers_with_status_and_reason_headers() {
     assert_eq!(r.json()["error"]["field"], "subject");
     let r = c.send("GET", "/v1/authz", &[("x-actor-id", "198001032385")], b"").await;
     assert_eq!(r.status, 400);
+    s.shutdown().await;
+}
+
+/// Envoy's HTTP `ext_authz` (`http_service` with `path_prefix: /v1/authz`)
+/// sends the original method and the original path after the prefix, with
+/// the `allowed_headers` and an empty body: every such request is the same
+/// question as `GET /v1/authz`.
+#[tokio::test]
+async fn authz_answers_envoys_http_mode_for_any_method_and_path_below_it() {
+    let s = Running::demo().await;
+    let mut c = s.client().await;
+    let envoy = |actor: &'static str, subject: &'static str| {
+        [
+            ("x-actor-id", actor),
+            ("x-subject-id", subject),
+            ("x-service", "journal"),
+            ("x-envoy-expected-rq-timeout-ms", "200"),
+            ("x-forwarded-proto", "https"),
+            ("x-request-id", "5f2c6a1e-0000-4000-8000-000000000000"),
+        ]
+    };
+    for (method, path) in [
+        ("POST", "/v1/authz/journal/123"),
+        ("GET", "/v1/authz/journal/view?tab=notes"),
+        ("PUT", "/v1/authz/api/forms/42"),
+        ("DELETE", "/v1/authz/"),
+        ("POST", "/v1/authz"),
+    ] {
+        let r = c.send(method, path, &envoy("197701012382", "201509162390"), b"").await;
+        assert_eq!(r.status, 200, "{method} {path}");
+        assert_eq!(r.header("x-access-reason"), Some("guardian"), "{method} {path}");
+        assert_eq!(r.header("x-access-valid-until"), Some("2028-09-16T00:00:00+02:00"));
+        let r = c.send(method, path, &envoy("198001032385", "201801012392"), b"").await;
+        assert_eq!(r.status, 403, "{method} {path}");
+        assert_eq!(r.header("x-access-reason"), Some("blocked"), "{method} {path}");
+    }
+    // Only paths below `/v1/authz/` are the question.
+    let r = c
+        .send("GET", "/v1/authzx", &envoy("197701012382", "201509162390"), b"")
+        .await;
+    assert_eq!(r.status, 404);
     s.shutdown().await;
 }
 

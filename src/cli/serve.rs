@@ -11,10 +11,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use guardian_access::actor::{Caller, Role};
 use guardian_access::clock::Clock;
-use guardian_access::config::{ConfigFile, DEFAULT_DATA_DIR, ServeFlags, Source};
+use guardian_access::config::{ConfigFile, DEFAULT_DATA_DIR, ListenAddr, ServeFlags, Source};
 use guardian_access::core::model::{HsaId, RuleId, Settings};
 use guardian_access::fixtures::Scenario;
 use guardian_access::http::admin::auth::{self, Tokens};
+use guardian_access::http::grpc::GrpcListener;
 use guardian_access::node::NodeConfig;
 use guardian_access::service::{self, Options};
 use guardian_access::store::{NewRule, RuleMeta, Store};
@@ -139,7 +140,14 @@ pub fn main(flags: ServeFlags, clock: Clock) -> Result<()> {
             .await
             .with_context(|| format!("cannot bind the admin listener to {}", config.admin_addr))?;
         let (check_addr, admin_addr) = (check.local_addr()?, admin.local_addr()?);
-        info!("listening check={check_addr} admin={admin_addr}");
+        let grpc = match &config.grpc_addr {
+            None => None,
+            Some(addr) => Some(bind_grpc(addr).await?),
+        };
+        match &config.grpc_addr {
+            Some(g) => info!("listening check={check_addr} admin={admin_addr} grpc={}", shown(g)),
+            None => info!("listening check={check_addr} admin={admin_addr}"),
+        }
         if tokens.is_empty() {
             warn!("no admin tokens (`--admin-tokens`): the admin API refuses every request");
         }
@@ -184,6 +192,7 @@ pub fn main(flags: ServeFlags, clock: Clock) -> Result<()> {
                 tokens,
                 source: label,
                 clock,
+                grpc,
             },
         );
         if let Some(tokens) = demo {
@@ -199,6 +208,37 @@ pub fn main(flags: ServeFlags, clock: Clock) -> Result<()> {
         info!("stopped");
         Ok(())
     })
+}
+
+/// How an address is written in the log.
+fn shown(a: &ListenAddr) -> String {
+    match a {
+        ListenAddr::Tcp(a) => a.to_string(),
+        ListenAddr::Unix(p) => format!("unix:{}", p.display()),
+    }
+}
+
+/// Binds Envoy's gRPC listener. A Unix socket left by an earlier run is
+/// replaced; the new one is readable and writable by owner and group only
+/// (put Envoy in the group).
+async fn bind_grpc(addr: &ListenAddr) -> Result<GrpcListener> {
+    match addr {
+        ListenAddr::Tcp(a) => Ok(GrpcListener::Tcp(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot bind the gRPC listener to {a}"))?,
+        )),
+        ListenAddr::Unix(path) => {
+            use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+                std::fs::remove_file(path).with_context(|| format!("cannot replace `{}`", path.display()))?;
+            }
+            let l = tokio::net::UnixListener::bind(path)
+                .with_context(|| format!("cannot bind the gRPC listener to `{}`", path.display()))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+            Ok(GrpcListener::Unix(l))
+        }
+    }
 }
 
 /// Connects to PostgreSQL, retrying until it answers (the service stops

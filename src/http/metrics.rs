@@ -28,10 +28,12 @@ pub enum Endpoint {
     Other,
     /// The admin listener, every route.
     Admin,
+    /// Envoy's gRPC ext_authz (`Authorization/Check`).
+    Grpc,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 7] = [
+    const ALL: [Endpoint; 8] = [
         Endpoint::Check,
         Endpoint::Batch,
         Endpoint::Children,
@@ -39,6 +41,7 @@ impl Endpoint {
         Endpoint::Operations,
         Endpoint::Other,
         Endpoint::Admin,
+        Endpoint::Grpc,
     ];
 
     fn as_str(self) -> &'static str {
@@ -50,6 +53,7 @@ impl Endpoint {
             Endpoint::Operations => "operations",
             Endpoint::Other => "other",
             Endpoint::Admin => "admin",
+            Endpoint::Grpc => "grpc",
         }
     }
 }

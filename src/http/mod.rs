@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod check;
 pub mod error;
+pub mod grpc;
 pub mod listener;
 pub mod metrics;
 pub mod wire;

@@ -153,6 +153,7 @@ impl Instance {
                 tokens: tokens(),
                 source: "test".into(),
                 clock,
+                grpc: None,
             },
         );
         let i = Instance {

@@ -24,6 +24,7 @@ use tracing::debug;
 use crate::clock::Clock;
 use crate::core::identity::Pid;
 use crate::core::snapshot::Snapshot;
+use crate::core::time::LocalTime;
 use crate::http::error::ApiError;
 use crate::http::listener::{ListenerConfig, serve};
 use crate::http::metrics::{Endpoint, Metrics, SnapshotGauges};
@@ -87,6 +88,22 @@ impl State {
         self.cell.revision()
     }
 
+    /// The header names `/v1/authz` (and gRPC ext_authz) read.
+    pub(crate) fn authz_headers(&self) -> &crate::http::listener::AuthzHeaders {
+        &self.config.authz
+    }
+
+    /// How long a check waits for a `min_revision` this instance has not
+    /// reached.
+    pub(crate) fn min_revision_wait(&self) -> std::time::Duration {
+        self.config.min_revision_wait
+    }
+
+    /// "Now", for questions without an instant.
+    pub(crate) fn now(&self) -> crate::core::time::Instant {
+        self.clock.now()
+    }
+
     /// The tag logs use for `pid`.
     pub fn tag(&self, pid: Pid) -> Tag {
         Tag(self.log_key.hash_one(pid.get()))
@@ -143,7 +160,11 @@ where
         "/v1/check" => Endpoint::Check,
         "/v1/check/batch" => Endpoint::Batch,
         "/v1/children" => Endpoint::Children,
-        "/v1/authz" => Endpoint::Authz,
+        // Envoy's HTTP ext_authz sends the original method and the original
+        // path after its `path_prefix` (`POST /v1/authz/journal/123`):
+        // every path below `/v1/authz` is the same question, whatever the
+        // method, and its body is never read.
+        p if p == "/v1/authz" || p.starts_with("/v1/authz/") => Endpoint::Authz,
         "/healthz" | "/readyz" | "/metrics" | "/v1/status" => Endpoint::Operations,
         _ => {
             return (
@@ -153,10 +174,11 @@ where
         }
     };
     let wanted = match endpoint {
-        Endpoint::Authz | Endpoint::Operations => Method::GET,
+        Endpoint::Operations => Method::GET,
         _ => Method::POST,
     };
-    if req.method() != wanted && !(wanted == Method::GET && req.method() == Method::HEAD) {
+    if endpoint != Endpoint::Authz && req.method() != wanted && !(wanted == Method::GET && req.method() == Method::HEAD)
+    {
         let e = ApiError::method_not_allowed(if wanted == Method::GET { "GET" } else { "POST" });
         return (endpoint, error_answer(&state.metrics, endpoint, &e));
     }
@@ -272,6 +294,11 @@ fn authz_answer<B>(state: &State, snap: &Snapshot, req: &Request<B>) -> Result<A
     let headers = r.headers_mut();
     headers.insert("x-access-reason", HeaderValue::from_static(d.reason.as_str()));
     headers.insert("x-access-revision", HeaderValue::from(d.revision));
+    if let Some(until) = d.valid_until
+        && let Ok(v) = HeaderValue::from_str(LocalTime::new(until, snap.tz()).as_str())
+    {
+        headers.insert("x-access-valid-until", v);
+    }
     Ok(r)
 }
 
