@@ -173,6 +173,11 @@ fn serve_answers_and_stops_on_sigterm() {
             let _ = self.0.wait();
         }
     }
+    // A stale socket from an earlier run is replaced.
+    let sockets = tempfile::tempdir().unwrap();
+    let grpc = sockets.path().join("grpc.sock");
+    drop(std::os::unix::net::UnixListener::bind(&grpc).unwrap());
+    let grpc_flag = format!("unix:{}", grpc.display());
     let mut guard = Guard(
         Command::new(env!("CARGO_BIN_EXE_guardian-access"))
             .args([
@@ -182,6 +187,8 @@ fn serve_answers_and_stops_on_sigterm() {
                 "127.0.0.1:0",
                 "--admin-addr",
                 "127.0.0.1:0",
+                "--grpc-addr",
+                &grpc_flag,
             ])
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -200,7 +207,9 @@ fn serve_answers_and_stops_on_sigterm() {
         );
         if let Some(rest) = line.split("listening check=").nth(1) {
             let (check, admin) = rest.trim().split_once(" admin=").unwrap();
+            let (admin, grpc_shown) = admin.split_once(" grpc=").unwrap();
             assert!(admin.starts_with("127.0.0.1:"), "{line}");
+            assert_eq!(grpc_shown, grpc_flag, "{line}");
             break check.to_owned();
         }
     };
@@ -231,6 +240,12 @@ fn serve_answers_and_stops_on_sigterm() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(ready);
+    // Envoy's gRPC socket: there, answering, for owner and group only.
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let meta = std::fs::metadata(&grpc).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    std::os::unix::net::UnixStream::connect(&grpc).unwrap();
     let body = r#"{"actor": "198001032385", "subject": "201801012392", "service": "journal"}"#;
     let answer = ask(&format!(
         "POST /v1/check HTTP/1.1\r\nhost: t\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
@@ -302,6 +317,46 @@ fn import_population_then_check_from_the_store() {
     assert_eq!(ask("201509162390")["reason"], "guardian");
     assert_eq!(ask("201801012392")["reason"], "protected_subject");
     assert_eq!(ask("201509162390")["revision"], 1);
+
+    // Support asks why, from the same store.
+    let why = json(&run(&[
+        "explain",
+        "--data-dir",
+        data,
+        "--actor",
+        "197701012382",
+        "--subject",
+        "20150916-2390",
+        "--at",
+        AT,
+        "--as-of-revision",
+        "1",
+    ]));
+    assert_eq!(why["answer"]["reason"], "guardian");
+    assert_eq!(
+        (why["row"]["table"].as_str(), why["row"]["number"].as_u64()),
+        (Some("guardian"), Some(8))
+    );
+    assert_eq!(why["data"]["birth_date_source"], "number");
+    assert_eq!(why["data"]["age"], 11);
+    assert_eq!(why["as_of_revision"], 1);
+    let out = run(&[
+        "explain",
+        "--data-dir",
+        data,
+        "--actor",
+        "197701012382",
+        "--subject",
+        "201509162390",
+        "--as-of-revision",
+        "9",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("revision 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let bad = dir.path().join("bad.ndjson");
     std::fs::write(

@@ -14,8 +14,10 @@ use clap::{Parser, Subcommand};
 use guardian_access::actor::{Caller, Role};
 use guardian_access::clock::Clock;
 use guardian_access::config::ServeFlags;
+use guardian_access::core::explain::{Facts, explain};
 use guardian_access::core::time::{self, Instant};
 use guardian_access::fixtures::Scenario;
+use guardian_access::http::admin::views::ExplainView;
 use guardian_access::http::wire::{ChildrenBody, DecisionBody};
 use guardian_access::node::{self, NodeConfig};
 use guardian_access::store::{IMPORT_BATCH, ImportMsg, Store};
@@ -63,6 +65,31 @@ pub enum Command {
         service: String,
         #[command(flatten)]
         at: At,
+    },
+    /// Why ACTOR gets (or got) their answer about SUBJECT, for support staff:
+    /// the row of the rules that decided, the data it used, and every
+    /// restriction and grant with why it did or did not apply. From the store.
+    Explain {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Region settings (TOML), as for `serve`.
+        #[arg(long, env = "GUARDIAN_ACCESS_CONFIG")]
+        config: Option<PathBuf>,
+        /// Who asked (personnummer or samordningsnummer, any accepted form).
+        #[arg(long)]
+        actor: String,
+        /// Whose journal or e-services.
+        #[arg(long)]
+        subject: String,
+        /// `journal` or `eservices`.
+        #[arg(long, default_value = "journal")]
+        service: String,
+        #[command(flatten)]
+        at: At,
+        /// The facts as they stood at this revision (default: today's), so
+        /// last Tuesday's answer is explained with last Tuesday's data.
+        #[arg(long)]
+        as_of_revision: Option<u64>,
     },
     /// Bulk-loads population data (NDJSON, one person a line) into the store,
     /// all or nothing. A running service picks it up within its poll interval.
@@ -143,6 +170,39 @@ pub async fn run(command: Command, clock: &Clock) -> Result<String> {
             Ok(serde_json::to_string_pretty(&body)?)
         }
         Command::ImportPopulation { file, store } => import_population(file, store, clock).await,
+        Command::Explain {
+            store,
+            config,
+            actor,
+            subject,
+            service,
+            at,
+            as_of_revision,
+        } => {
+            let settings = Arc::new(serve::settings(config.as_deref())?);
+            let tz = time::stockholm()?;
+            let at = at.instant(&tz, clock)?;
+            let today = time::local_date(at, &tz);
+            let query = Query {
+                actor: identity(&actor, "actor", today)?,
+                subject: identity(&subject, "subject", today)?,
+                service: service_arg(&service)?,
+                at,
+            };
+            let store = store.open(false).await?;
+            let (revision, records, rules) = store.facts(query.subject, query.actor, as_of_revision).await?;
+            let facts = Facts {
+                revision,
+                settings,
+                records,
+                rules,
+            };
+            let explanation = explain(&facts, &query)?;
+            Ok(serde_json::to_string_pretty(&ExplainView::new(
+                &explanation,
+                as_of_revision,
+            ))?)
+        }
     }
 }
 
@@ -191,9 +251,13 @@ impl Source {
 
 impl At {
     fn resolve(&self, snap: &Snapshot, clock: &Clock) -> Result<Instant> {
+        self.instant(snap.tz(), clock)
+    }
+
+    fn instant(&self, tz: &jiff::tz::TimeZone, clock: &Clock) -> Result<Instant> {
         match &self.at {
             None => Ok(clock.now()),
-            Some(s) => time::parse_instant(s, snap.tz()).map_err(|e| anyhow!("`at`: {e}")),
+            Some(s) => time::parse_instant(s, tz).map_err(|e| anyhow!("`at`: {e}")),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! built, so that a check is a few probes and integer comparisons.
 
 pub mod decide;
+pub mod explain;
 pub(crate) mod filter;
 pub mod identity;
 pub mod model;

@@ -276,6 +276,9 @@ pub enum StoreError {
     /// Stored data fails validation: a damaged or tampered database.
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// A revision after the store's head was asked for.
+    #[error("the store is at revision {0}; there is no later one yet")]
+    FutureRevision(u64),
     /// The database was made by a newer version of this program.
     #[error("the database schema is version {0}, newer than this program knows ({1})")]
     Schema(i64, i64),
@@ -619,6 +622,28 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.read(async move |tx| protocol::rules_of(tx, subject).await).await,
             Store::Postgres(s) => s.read(async |tx| protocol::rules_of(tx, subject).await).await,
+        }
+    }
+
+    /// The facts of the pair (`subject`, `actor`) as they stood at
+    /// `at_revision` (the head when `None`), from the store's history: the
+    /// revision, the records of the subject, their guardians and the actor,
+    /// and the subject's rules as they stood.
+    pub async fn facts(
+        &self,
+        subject: Pid,
+        actor: Pid,
+        at_revision: Option<u64>,
+    ) -> Result<(u64, Vec<PersonRecord>, Vec<Rule>), StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.read(async move |tx| protocol::facts(tx, subject, actor, at_revision).await)
+                    .await
+            }
+            Store::Postgres(s) => {
+                s.read(async |tx| protocol::facts(tx, subject, actor, at_revision).await)
+                    .await
+            }
         }
     }
 

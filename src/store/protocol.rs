@@ -522,6 +522,59 @@ pub(crate) async fn audit_of<T: Tx>(tx: &mut T, subject: Pid) -> Result<Vec<Audi
     Ok(out)
 }
 
+/// The facts of a pair as they stood at `at_revision` (the head when
+/// `None`): the subject's record, their guardians' and the asker's, and the
+/// subject's rules with lifts made later undone. From the history, so the
+/// explanation of last Tuesday's answer is last Tuesday's.
+pub(crate) async fn facts<T: Tx>(
+    tx: &mut T,
+    subject: Pid,
+    actor: Pid,
+    at_revision: Option<u64>,
+) -> Result<(u64, Vec<PersonRecord>, Vec<Rule>), StoreError> {
+    let head = revision(tx).await?;
+    let at = match at_revision {
+        Some(r) if r > head => return Err(StoreError::FutureRevision(head)),
+        Some(r) => r,
+        None => head,
+    };
+    let rev = int(at)?;
+    let mut records: Vec<PersonRecord> = Vec::new();
+    let mut wanted = vec![subject, actor];
+    while let Some(pid) = wanted.pop() {
+        if records.iter().any(|r| r.id == pid) {
+            continue;
+        }
+        let found = tx
+            .first(sql::PERSON_AT, &[pid_param(pid)?, rev], |r| {
+                PersonRow::read(r)?.record()
+            })
+            .await?;
+        if let Some(record) = found {
+            if record.id == subject {
+                wanted.extend(record.guardians.iter().copied());
+            }
+            records.push(record);
+        }
+    }
+    let rules = tx
+        .all(sql::RULES_AT, &[pid_param(subject)?, rev], |r| {
+            let mut rule = RuleRow::read(r)?.rule()?;
+            if let Some(lifted) = r.int(21)?
+                && narrow(lifted)? > at
+            {
+                rule.lifted_at = None;
+            }
+            Ok(rule)
+        })
+        .await?;
+    Ok((at, records, rules))
+}
+
+fn pid_param(p: Pid) -> Result<Param<'static>, StoreError> {
+    pid(p)
+}
+
 /// Guardians as stored: canonical numbers separated by commas.
 pub(crate) fn guardians_text(guardians: &[Pid]) -> String {
     let mut out = String::with_capacity(guardians.len() * 13);

@@ -102,6 +102,24 @@ pub(crate) const POPULATION_AUDIT_OF: &str = "SELECT h.revision, a.at, a.actor, 
      h.protected, h.guardians FROM person_history h JOIN audit a ON a.revision = h.revision \
      WHERE h.id = $1 ORDER BY h.revision";
 
+/// A person's record as it stood at a revision: their last history row at
+/// or before it.
+pub(crate) const PERSON_AT: &str = concat!(
+    "SELECT ",
+    person_columns!(),
+    " FROM person_history WHERE id = $1 AND revision <= $2 ORDER BY revision DESC, seq DESC LIMIT 1"
+);
+
+/// A subject's rules created at or before a revision, each with the
+/// revision of its lift, if it was lifted by a write of its own (a seeded
+/// rule comes lifted from its creation).
+pub(crate) const RULES_AT: &str = concat!(
+    "SELECT ",
+    rule_columns!(),
+    ", (SELECT min(a.revision) FROM audit a WHERE a.subject = rules.subject AND a.rule_id = rules.id \
+     AND a.action = 'lift') FROM rules WHERE subject = $1 AND id <= $2 ORDER BY valid_from, id"
+);
+
 /// Inserts one person into `person_history` (both dialects' imports).
 pub(crate) const INSERT_HISTORY: &str = "INSERT INTO person_history (revision, seq, id, birth_date, protected, \
      guardians) VALUES ($1, $2, $3, $4, $5, $6)";
@@ -127,6 +145,8 @@ mod tests {
             AUDIT_OF,
             POPULATION_AUDIT_OF,
             INSERT_HISTORY,
+            PERSON_AT,
+            RULES_AT,
             &rule_for_update(Dialect::Sqlite),
             &update_rule("lifted_at", "lift"),
         ] {

@@ -295,3 +295,45 @@ pub async fn the_revision_and_everything_survive_reopening(open: impl AsyncFn() 
     assert_eq!(next.revision, 3);
     assert_eq!(store.rules_of(pid(KID)).await.unwrap().len(), 2);
 }
+
+/// The facts of a pair as they stood at each revision: the records from the
+/// history, rules created later left out, lifts made later undone.
+pub async fn facts_are_taken_as_they_stood(store: Store) {
+    import(&store, vec![family()], true).await.unwrap(); // 1
+    let id = store
+        .create_rule(block(Some(MOTHER), false), true, &registrar())
+        .await
+        .unwrap()
+        .rule_id
+        .unwrap(); // 2
+    store
+        .lift(id, lift_by(UNIT, Family::Restriction), &registrar())
+        .await
+        .unwrap(); // 3
+    let mut changed = family();
+    changed[0].guardians = vec![pid(FATHER)];
+    changed[0].protected = true;
+    import(&store, vec![changed], true).await.unwrap(); // 4
+
+    let at = |r| {
+        let store = store.clone();
+        async move { store.facts(pid(KID), pid(MOTHER), r).await.unwrap() }
+    };
+    let (revision, records, rules) = at(Some(1)).await;
+    assert_eq!((revision, rules.len()), (1, 0));
+    let kid = records.iter().find(|r| r.id == pid(KID)).unwrap();
+    assert_eq!((kid.guardians.len(), kid.protected), (2, false));
+    let (_, _, rules) = at(Some(2)).await;
+    assert_eq!((rules.len(), rules[0].lifted_at), (1, None), "not lifted yet at 2");
+    let (_, _, rules) = at(Some(3)).await;
+    assert!(rules[0].lifted_at.is_some(), "lifted at 3");
+    let (revision, records, rules) = at(None).await;
+    assert_eq!(revision, 4);
+    assert!(rules[0].lifted_at.is_some());
+    let kid = records.iter().find(|r| r.id == pid(KID)).unwrap();
+    assert_eq!((kid.guardians.clone(), kid.protected), (vec![pid(FATHER)], true));
+    assert!(matches!(
+        store.facts(pid(KID), pid(MOTHER), Some(5)).await,
+        Err(StoreError::FutureRevision(4))
+    ));
+}

@@ -35,6 +35,7 @@ sqlite_cases!(
     lifting_follows_the_rules,
     urgent_restrictions_wait_for_their_form,
     an_import_is_all_or_nothing,
+    facts_are_taken_as_they_stood,
 );
 
 #[tokio::test]
@@ -84,6 +85,7 @@ mod postgres {
         cases::lifting_follows_the_rules(db().await).await;
         cases::urgent_restrictions_wait_for_their_form(db().await).await;
         cases::an_import_is_all_or_nothing(db().await).await;
+        cases::facts_are_taken_as_they_stood(db().await).await;
         let url = cluster.database("reopen").await;
         cases::the_revision_and_everything_survive_reopening(async || Store::open_postgres(&url).await.unwrap()).await;
     }

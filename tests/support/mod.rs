@@ -87,6 +87,11 @@ pub fn pid(year: i16, month: u8, day: u8, serial: u16) -> Pid {
     guardian_access::core::identity::make_pid(year, month, day, serial).unwrap()
 }
 
+/// A committed test number (12 digits), parsed.
+pub fn pid_of(s: &str) -> Pid {
+    Pid::parse(s, jiff::civil::date(2026, 11, 23)).unwrap()
+}
+
 /// The instant in-process instances are pinned to (10:00 in Stockholm on
 /// a Monday in November 2026): every "now" of theirs, whatever today is.
 pub const NOW: &str = "2026-11-23T09:00:00Z";

@@ -8,7 +8,7 @@
 //! |---|---|---|---|---|---|
 //! | `POST /v1/restrictions`, `/v1/grants`, `…/{id}/lift`, `…/{id}/confirm` | yes | own unit only | | | |
 //! | `POST /v1/population` | | | yes | | |
-//! | `GET /v1/subjects/{id}`, `GET /v1/audit?subject=` | yes | | | yes | |
+//! | `GET /v1/subjects/{id}`, `GET /v1/audit?subject=`, `POST /v1/explain` | yes | | | yes | |
 //! | `GET /v1/snapshot` | | | | | yes |
 //!
 //! This module routes and checks roles; [`validate`] turns bodies into store
@@ -39,6 +39,7 @@ use tracing::{error, info, warn};
 use crate::actor::{Caller, Role};
 use crate::clock::Clock;
 use crate::core::decide::{Query, decide};
+use crate::core::explain::Facts;
 use crate::core::identity::Pid;
 use crate::core::model::{RuleId, Service};
 use crate::core::people::PersonRecord;
@@ -51,7 +52,7 @@ use crate::node::Node;
 use crate::store::{Family, IMPORT_BATCH, ImportMsg, StoreError};
 use auth::Tokens;
 use validate::wrong_unit;
-use views::{AnswerView, AuditView, Created, ImportedView, SubjectView, Written};
+use views::{AnswerView, AuditView, Created, ExplainView, ImportedView, SubjectView, Written};
 
 /// The admin listener's shared state.
 #[derive(Debug)]
@@ -150,6 +151,10 @@ fn store_error(e: StoreError, family: Family) -> ApiError {
         ),
         StoreError::NotGuardian => ApiError::semantic("guardian", "is not a registered guardian of the subject"),
         StoreError::Aborted => ApiError::invalid_body("the request was abandoned; nothing was written"),
+        StoreError::FutureRevision(head) => ApiError::semantic(
+            "as_of_revision",
+            &format!("is after the store's newest revision, {head}"),
+        ),
         StoreError::Unavailable(why) => {
             error!(error = %why, "store unavailable; nothing was written");
             ApiError::new(
@@ -269,6 +274,12 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Result<AdminAnswer, Api
                 .map(percent_decoded);
             let subject = subject_param(admin, &req, from_query.as_deref())?;
             audit_view(admin, subject).await
+        }
+        ["v1", "explain"] => {
+            allow(Method::POST)?;
+            reader(&caller)?;
+            let body = read_json(req).await?;
+            explain(admin, &body).await
         }
         ["v1", "snapshot"] => {
             allow(Method::GET)?;
@@ -536,6 +547,31 @@ async fn subject_view(admin: &Admin, subject: Pid) -> Result<AdminAnswer, ApiErr
     let revision = published.as_deref().map(|p| p.snapshot.revision());
     let view = SubjectView::new(subject, person.as_ref(), &rules, answers, revision, at, &admin.tz);
     Ok(json_answer(200, &view))
+}
+
+/// `POST /v1/explain`: why a question got (or gets) its answer, from the
+/// facts as they stood at `as_of_revision` (today's when left out).
+async fn explain(admin: &Admin, body: &Map<String, Value>) -> Result<AdminAnswer, ApiError> {
+    let req = validate::explain_request(body, admin.now(), &admin.tz)?;
+    let q = req.query;
+    let (revision, records, rules) = admin
+        .node
+        .store()
+        .facts(q.subject, q.actor, req.as_of_revision)
+        .await
+        .map_err(|e| store_error(e, Family::Restriction))?;
+    let facts = Facts {
+        revision,
+        settings: admin.node.settings().clone(),
+        records,
+        rules,
+    };
+    let explanation = crate::core::explain::explain(&facts, &q).map_err(|e| {
+        error!(error = %e, "cannot build the facts of an explanation");
+        ApiError::internal("the stored facts could not be put together")
+    })?;
+    info!(revision, as_of = req.as_of_revision.is_some(), "explained");
+    Ok(json_answer(200, &ExplainView::new(&explanation, req.as_of_revision)))
 }
 
 /// `GET /v1/audit?subject=`: every write concerning the subject.

@@ -14,6 +14,7 @@ use jiff::tz::TimeZone;
 use serde_json::{Map, Value};
 
 use crate::actor::{Caller, Role};
+use crate::core::decide::Query;
 use crate::core::identity::Pid;
 use crate::core::model::{HsaId, Rule, RuleId, RuleKind, Service, Services};
 use crate::core::time::{self, Instant};
@@ -80,6 +81,16 @@ impl<'a> Fields<'a> {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(_) => Err(ApiError::invalid_request(name, "must be `true` or `false`")),
+        }
+    }
+
+    fn uint(&self, name: &'static str) -> Result<Option<u64>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| ApiError::invalid_request(name, "must be a non-negative integer")),
         }
     }
 
@@ -387,6 +398,44 @@ pub fn confirm_request(body: &Map<String, Value>, caller: &Caller) -> Result<Con
     })
 }
 
+const EXPLAIN_FIELDS: &[&str] = &["actor", "subject", "service", "at", "as_of_revision"];
+
+/// `POST /v1/explain`: a question, and the revision whose facts to use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExplainRequest {
+    /// The question (`at` defaults to now).
+    pub query: Query,
+    /// Explain with the facts as they stood at this revision; today's when
+    /// `None`.
+    pub as_of_revision: Option<u64>,
+}
+
+/// The explain body, received at `now`.
+pub fn explain_request(body: &Map<String, Value>, now: Instant, tz: &TimeZone) -> Result<ExplainRequest, ApiError> {
+    let f = Fields::new(body, EXPLAIN_FIELDS)?;
+    let at = f.instant("at", tz)?.unwrap_or(now);
+    let today = time::local_date(at, tz);
+    let actor = f
+        .pid("actor", today)?
+        .ok_or_else(|| ApiError::invalid_request("actor", "is required"))?;
+    let subject = f
+        .pid("subject", today)?
+        .ok_or_else(|| ApiError::invalid_request("subject", "is required"))?;
+    let service = match f.string("service", 20)? {
+        None => Service::Journal,
+        Some(s) => Service::parse(s).ok_or_else(|| ApiError::invalid_service("service"))?,
+    };
+    Ok(ExplainRequest {
+        query: Query {
+            actor,
+            subject,
+            service,
+            at,
+        },
+        as_of_revision: f.uint("as_of_revision")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -517,6 +566,32 @@ mod tests {
         let mut both = grant;
         both["services"] = json!(["journal", "eservices"]);
         assert_eq!(refused(both, Family::Grant).1.as_deref(), Some("services"));
+    }
+
+    #[test]
+    fn an_explain_question_defaults_to_now_and_the_journal() {
+        let r = explain_request(&body(json!({"actor": MOTHER, "subject": KID})), at(), &tz()).unwrap();
+        assert_eq!(
+            (r.query.at, r.query.service, r.as_of_revision),
+            (at(), Service::Journal, None)
+        );
+        let r = explain_request(
+            &body(json!({"actor": MOTHER, "subject": KID, "service": "eservices", "at": "2026-11-17T10:00:00+01:00", "as_of_revision": 7})),
+            at(),
+            &tz(),
+        )
+        .unwrap();
+        assert_eq!((r.query.service, r.as_of_revision), (Service::Eservices, Some(7)));
+        assert!(r.query.at < at());
+        let e = explain_request(
+            &body(json!({"actor": MOTHER, "subject": KID, "as_of_revision": -1})),
+            at(),
+            &tz(),
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("as_of_revision"));
+        let e = explain_request(&body(json!({"actor": MOTHER})), at(), &tz()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("subject"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::core::decide::Decision;
+use crate::core::explain::Explanation;
 use crate::core::identity::Pid;
 use crate::core::model::{HsaId, Service};
 use crate::core::time::{Instant, LocalTime};
@@ -255,6 +256,129 @@ impl<'a> AuditView<'a> {
                     detail: &e.detail,
                 })
                 .collect(),
+        }
+    }
+}
+
+/// `POST /v1/explain`.
+#[derive(Debug, Serialize)]
+pub struct ExplainView<'a> {
+    /// The answer, as `/v1/check` gives it.
+    answer: DecisionBody<'a>,
+    actor: String,
+    subject: String,
+    service: &'static str,
+    /// The row of SPEC §3 that decided.
+    row: RowView,
+    /// The data that row used.
+    data: DataView,
+    /// Every restriction and grant on the subject, with why it did or did
+    /// not apply.
+    rules: Vec<ExplainedRule<'a>>,
+    /// The revision whose facts were used.
+    revision: u64,
+    /// As asked: `null` for today's facts.
+    as_of_revision: Option<u64>,
+    /// The settings are today's, whatever the revision.
+    settings: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct RowView {
+    /// `own` (the subject asks) or `guardian` (someone else asks).
+    table: &'static str,
+    number: u8,
+    text: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct DataView {
+    own_access: bool,
+    subject_registered: bool,
+    birth_date: Option<String>,
+    birth_date_source: &'static str,
+    age: Option<u8>,
+    subject_protected: bool,
+    guardians: Vec<GuardianView>,
+    actor_is_guardian: bool,
+    actor_protected: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct GuardianView {
+    id: String,
+    protected: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ExplainedRule<'a> {
+    id: String,
+    kind: &'static str,
+    guardian: Option<String>,
+    services: Vec<&'static str>,
+    care_units: Option<Vec<&'a str>>,
+    valid_from: String,
+    valid_until: Option<String>,
+    lifted_at: Option<String>,
+    /// Whether it was in force for this question (it decided, or an
+    /// earlier row did).
+    in_force: bool,
+    why: &'static str,
+}
+
+impl<'a> ExplainView<'a> {
+    /// The view of `e`; `as_of_revision` as asked.
+    pub fn new(e: &'a Explanation, as_of_revision: Option<u64>) -> ExplainView<'a> {
+        let q = e.query();
+        let tz = e.snapshot().tz();
+        let d = &e.data;
+        ExplainView {
+            answer: DecisionBody::new(&e.decision(), q.at, tz),
+            actor: q.actor.to_string(),
+            subject: q.subject.to_string(),
+            service: q.service.as_str(),
+            row: RowView {
+                table: if e.row.own { "own" } else { "guardian" },
+                number: e.row.number,
+                text: e.row.text(),
+            },
+            data: DataView {
+                own_access: d.own,
+                subject_registered: d.subject_registered,
+                birth_date: d.birth_date.map(|b| b.to_string()),
+                birth_date_source: d.birth_source.as_str(),
+                age: d.age,
+                subject_protected: d.subject_protected,
+                guardians: d
+                    .guardians
+                    .iter()
+                    .map(|g| GuardianView {
+                        id: g.pid.to_string(),
+                        protected: g.protected,
+                    })
+                    .collect(),
+                actor_is_guardian: d.actor_is_guardian,
+                actor_protected: d.actor_protected,
+            },
+            rules: e
+                .rules
+                .iter()
+                .map(|(r, why)| ExplainedRule {
+                    id: r.id.0.to_string(),
+                    kind: r.kind.as_str(),
+                    guardian: r.guardian.map(|g| g.to_string()),
+                    services: r.services.iter().map(Service::as_str).collect(),
+                    care_units: r.care_units.as_ref().map(|u| u.iter().map(HsaId::as_str).collect()),
+                    valid_from: local(r.valid_from, tz),
+                    valid_until: r.valid_until.map(|u| local(u, tz)),
+                    lifted_at: r.lifted_at.map(|l| local(l, tz)),
+                    in_force: why.in_force(),
+                    why: why.as_str(),
+                })
+                .collect(),
+            revision: e.decision().revision,
+            as_of_revision,
+            settings: "current",
         }
     }
 }
