@@ -15,7 +15,11 @@
 //!    p99 — for the bare server and for `/v1/check`, and their ratio;
 //! 2. open loop at half of `/v1/check`'s peak: p50, p99, p99.9, latency
 //!    measured from when each request was due (no coordinated omission);
-//! 3. `/v1/check/batch` with 100 checks a request: checks/s.
+//! 3. `/v1/check/batch` with 100 checks a request: checks/s;
+//! 4. Envoy's gRPC ext_authz (`Authorization/Check`, a tonic client with as
+//!    many calls in flight as there are connections, multiplexed on one
+//!    HTTP/2 connection as an Envoy worker does) beside `/v1/check` on the
+//!    same server thread, alternating three rounds.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -25,8 +29,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request as AttrRequest};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use guardian_access::clock::Clock;
 use guardian_access::http::check::{self, State};
+use guardian_access::http::grpc::{self, GrpcListener};
 use guardian_access::http::listener::ListenerConfig;
 use guardian_access::synth::{self, Scale};
 use http_body_util::{BodyExt, Full};
@@ -203,6 +211,11 @@ async fn drive(
             (latencies, non_200)
         }));
     }
+    gather(start, tasks).await
+}
+
+/// Every task's latencies and failures, as one outcome.
+async fn gather(start: Instant, tasks: Vec<tokio::task::JoinHandle<(Vec<u64>, usize)>>) -> Outcome {
     let mut all = Vec::new();
     let mut non_200 = 0;
     for t in tasks {
@@ -275,16 +288,27 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (check_addr, bare_addr) = servers.block_on(async {
+    let (check_addr, bare_addr, grpc_addr) = servers.block_on(async {
         let check = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let bare_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addrs = (check.local_addr().unwrap(), bare_listener.local_addr().unwrap());
+        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addrs = (
+            check.local_addr().unwrap(),
+            bare_listener.local_addr().unwrap(),
+            grpc_listener.local_addr().unwrap(),
+        );
         let state = Arc::new(State::detached(ListenerConfig::default(), "load", Clock::system()));
         state.cell.publish(synthetic.snapshot.clone());
-        tokio::spawn(check::run(check, state, std::future::pending()));
+        tokio::spawn(check::run(check, state.clone(), std::future::pending()));
+        tokio::spawn(grpc::run(
+            GrpcListener::Tcp(grpc_listener),
+            state,
+            std::future::pending(),
+        ));
         tokio::spawn(bare(bare_listener));
         addrs
     });
+    let grpc_requests = Arc::new(queries.iter().map(grpc_request).collect::<Vec<_>>());
 
     let client = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -332,5 +356,85 @@ fn main() {
         let b = drive(check_addr, batches.clone(), n, d, None).await;
         report("guardian-access /v1/check/batch", &b);
         println!("checks/s in batches          {:.0}", b.rate() * 100.0);
+
+        println!("\ngRPC ext_authz beside /v1/check, {n} calls in flight, one HTTP/2 connection:");
+        let channel = tonic::transport::Endpoint::try_from(format!("http://{grpc_addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        drive_grpc(channel.clone(), grpc_requests.clone(), n, Duration::from_millis(500)).await;
+        let mut ratios = Vec::new();
+        for round in 1..=3 {
+            let http = drive(check_addr, checks.clone(), n, d, None).await;
+            report(&format!("{round}: /v1/check (HTTP/1.1)"), &http);
+            let g = drive_grpc(channel.clone(), grpc_requests.clone(), n, d).await;
+            report(&format!("{round}: gRPC Authorization/Check"), &g);
+            ratios.push(g.rate() / http.rate());
+        }
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "ratio gRPC ÷ /v1/check       {:.2} median (rounds: {})",
+            ratios[1],
+            ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ")
+        );
     });
+}
+
+/// The question as Envoy asks it: the original request's headers.
+fn grpc_request(q: &guardian_access::Query) -> CheckRequest {
+    let headers = [
+        ("x-actor-id", q.actor.to_string()),
+        ("x-subject-id", q.subject.to_string()),
+        ("x-service", q.service.as_str().to_owned()),
+        (":path", "/journal".to_owned()),
+        (":method", "GET".to_owned()),
+    ];
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/journal".into(),
+                    headers: headers.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// `n` calls in flight for `d`, closed loop; a call that is not an answer
+/// (OK or PERMISSION_DENIED) counts as not 200.
+async fn drive_grpc(
+    channel: tonic::transport::Channel,
+    requests: Arc<Vec<CheckRequest>>,
+    n: usize,
+    d: Duration,
+) -> Outcome {
+    let start = Instant::now();
+    let deadline = start + d;
+    let mut tasks = Vec::new();
+    for t in 0..n {
+        let requests = requests.clone();
+        let mut client = AuthorizationClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failed = 0;
+            let mut i = t * 997;
+            while Instant::now() < deadline {
+                i = (i + 1) % requests.len();
+                let sent = Instant::now();
+                match client.check(requests[i].clone()).await {
+                    Ok(r) if r.get_ref().status.as_ref().is_some_and(|s| s.code == 0 || s.code == 7) => {}
+                    _ => failed += 1,
+                }
+                latencies.push(sent.elapsed().as_nanos() as u64);
+            }
+            (latencies, failed)
+        }));
+    }
+    gather(start, tasks).await
 }
