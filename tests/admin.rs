@@ -421,7 +421,9 @@ async fn lifting_follows_the_seed_documents() {
     let id = r.json()["id"].as_str().unwrap().to_owned();
     let path = format!("/v1/restrictions/{id}/lift");
     let lift = |unit: &str, done: Value| {
-        json!({"issuing_unit": unit, "decided_by": {"name": "Verksamhetschef"}, "basis": "Hotbild kontrollerad", "threat_assessment_done": done}).to_string()
+        json!({"issuing_unit": unit, "decided_by": {"name": "Verksamhetschef"}, "basis": "Hotbild kontrollerad",
+               "threat_assessment_done": done, "unit_request_reference": "Begäran 2026-9"})
+        .to_string()
     };
     let before = i.revision();
     let r = i.admin_post(UNIT_TOKEN, &path, &lift(UNIT, false.into())).await;
@@ -449,6 +451,15 @@ async fn lifting_follows_the_seed_documents() {
     }
     assert_eq!(i.revision(), before, "refused lifts write nothing");
     assert_eq!(now_check(&i, MOTHER, KID, "journal").await["reason"], "blocked");
+    // Through the contact center, the unit's signed request must be named.
+    let unsigned = json!({"issuing_unit": UNIT, "decided_by": {"name": "Verksamhetschef"},
+                          "basis": "Hotbild kontrollerad", "threat_assessment_done": true});
+    let r = i.admin_post(REGISTRAR, &path, &unsigned.to_string()).await;
+    assert_eq!(
+        (r.status, r.error().1.as_deref()),
+        (422, Some("unit_request_reference"))
+    );
+    assert_eq!(i.revision(), before, "and nothing is written");
     // The issuing unit, through the registrar, with the assessment: lifted.
     let r = i.admin_post(REGISTRAR, &path, &lift(UNIT, true.into())).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -462,6 +473,7 @@ async fn lifting_follows_the_seed_documents() {
         (b["status"].as_str(), b["lift"]["threat_assessment_done"].as_bool()),
         (Some("lifted"), Some(true))
     );
+    assert_eq!(b["lift"]["unit_request_reference"], "Begäran 2026-9");
     i.stop().await;
 }
 
@@ -490,8 +502,8 @@ async fn an_urgent_seal_takes_effect_at_once_and_waits_for_its_form() {
             "{actor} {service}"
         );
     }
-    let confirm =
-        json!({"issuing_unit": UNIT, "decided_by": {"name": "Verksamhetschef"}, "form_reference": "Blankett 2026-3"});
+    let confirm = json!({"issuing_unit": UNIT, "decided_by": {"name": "Verksamhetschef"},
+                         "form_reference": "Blankett 2026-3", "unit_request_reference": "Begäran 2026-4"});
     let path = format!("/v1/restrictions/{id}/confirm");
     let r = i
         .admin_post(

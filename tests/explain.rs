@@ -183,7 +183,8 @@ async fn as_of_revision_explains_each_revision_with_its_own_facts() {
     let id = r.json()["id"].as_str().unwrap().to_owned();
     answered.push(ask(&i).await);
     let lift = json!({"issuing_unit": UNIT, "decided_by": {"name": "Verksamhetschef"},
-        "basis": "Hotbild kontrollerad", "threat_assessment_done": true});
+        "basis": "Hotbild kontrollerad", "threat_assessment_done": true,
+        "unit_request_reference": "Begäran 1"});
     let r = i
         .admin_post(REGISTRAR, &format!("/v1/restrictions/{id}/lift"), &lift.to_string())
         .await;

@@ -222,7 +222,7 @@ async fn write_path(store: guardian_access::store::Store) {
         422
     );
     let lift = format!(
-        r#"{{"issuing_unit": "{UNIT}", "decided_by": {{"name": "x"}}, "basis": "y", "threat_assessment_done": true}}"#
+        r#"{{"issuing_unit": "{UNIT}", "decided_by": {{"name": "x"}}, "basis": "y", "threat_assessment_done": true, "unit_request_reference": "r"}}"#
     );
     assert_eq!(
         i.admin_post(REGISTRAR, &format!("/v1/restrictions/{id}/lift"), &lift)

@@ -106,6 +106,8 @@ pub struct LiftRequest {
     pub basis: String,
     /// Restrictions: the head of unit checked the threat picture with social services.
     pub threat_assessment_done: bool,
+    /// The unit's signed request, when the contact center lifts for it.
+    pub unit_request_reference: Option<String>,
 }
 
 /// Recording the signed form of an urgent restriction.
@@ -117,6 +119,8 @@ pub struct ConfirmRequest {
     pub decided_by: Value,
     /// The form's reference (diarienummer or document id).
     pub form_reference: String,
+    /// The unit's signed request, when the contact center confirms for it.
+    pub unit_request_reference: Option<String>,
 }
 
 /// A restriction or grant as stored, with its whole history.
@@ -406,6 +410,7 @@ fn lift_detail(req: &LiftRequest) -> Value {
         "decided_by": req.decided_by,
         "basis": req.basis,
         "threat_assessment_done": req.threat_assessment_done,
+        "unit_request_reference": req.unit_request_reference,
     })
 }
 
@@ -415,6 +420,7 @@ fn confirm_detail(req: &ConfirmRequest) -> Value {
         "issuing_unit": req.issuing_unit.as_str(),
         "decided_by": req.decided_by,
         "form_reference": req.form_reference,
+        "unit_request_reference": req.unit_request_reference,
     })
 }
 

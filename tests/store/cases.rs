@@ -69,6 +69,7 @@ pub fn lift_by(unit: &str, family: Family) -> LiftRequest {
         decided_by: serde_json::json!({"name": "Verksamhetschef"}),
         basis: "hotbild kontrollerad".into(),
         threat_assessment_done: true,
+        unit_request_reference: Some("Blankett 1".into()),
     }
 }
 
@@ -208,6 +209,7 @@ pub async fn urgent_restrictions_wait_for_their_form(store: Store) {
         issuing_unit: HsaId::parse(unit).unwrap(),
         decided_by: serde_json::json!({"name": "Verksamhetschef"}),
         form_reference: "Blankett 7".into(),
+        unit_request_reference: None,
     };
     let plain = store
         .create_rule(block(None, false), false, &registrar())

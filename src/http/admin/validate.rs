@@ -282,11 +282,23 @@ pub fn new_rule(
                 "only extended access is limited to care units",
             ));
         }
-        Some(list) => Some(
-            list.iter()
+        Some(list) => {
+            let units = list
+                .iter()
                 .map(|u| HsaId::parse(u).map_err(|_| ApiError::invalid_request("care_units", "must be HSA-IDs")))
-                .collect::<Result<Arc<[HsaId]>, _>>()?,
-        ),
+                .collect::<Result<Arc<[HsaId]>, _>>()?;
+            // A unit grants access to its own information only.
+            if let (Role::Unit, Some(own)) = (&caller.role, &caller.unit)
+                && units.iter().any(|u| u != own)
+            {
+                return Err(ApiError::new(
+                    ErrorCode::WrongUnit,
+                    "a unit token names only its own unit in `care_units`",
+                    Some("care_units"),
+                ));
+            }
+            Some(units)
+        }
     };
     let valid_from = f.instant("valid_from", tz)?.unwrap_or(at);
     let valid_until = f.instant("valid_until", tz)?;
@@ -359,7 +371,27 @@ pub fn cap_grant(new: &mut NewRule, sixteen: Option<Instant>) -> Result<(), ApiE
     Ok(())
 }
 
-const LIFT_FIELDS: &[&str] = &["issuing_unit", "decided_by", "basis", "threat_assessment_done"];
+const LIFT_FIELDS: &[&str] = &[
+    "issuing_unit",
+    "decided_by",
+    "basis",
+    "threat_assessment_done",
+    "unit_request_reference",
+];
+
+/// The contact center acts for a unit only on the unit's signed request
+/// (SPEC §8): a registrar lifting or confirming names it; a unit acting
+/// itself needs none (and may still give one).
+fn unit_request_reference(f: &Fields<'_>, caller: &Caller) -> Result<Option<String>, ApiError> {
+    let reference = f.string("unit_request_reference", MAX_SHORT)?;
+    if caller.role == Role::Registrar && reference.is_none() {
+        return Err(ApiError::semantic(
+            "unit_request_reference",
+            "is required when the contact center acts for a unit: the reference of the unit's signed request",
+        ));
+    }
+    Ok(reference.map(str::to_owned))
+}
 
 /// `POST /v1/{restrictions,grants}/{id}/lift`.
 pub fn lift_request(body: &Map<String, Value>, caller: &Caller, family: Family) -> Result<LiftRequest, ApiError> {
@@ -382,10 +414,11 @@ pub fn lift_request(body: &Map<String, Value>, caller: &Caller, family: Family) 
         decided_by,
         basis: basis.to_owned(),
         threat_assessment_done: threat.unwrap_or(false),
+        unit_request_reference: unit_request_reference(&f, caller)?,
     })
 }
 
-const CONFIRM_FIELDS: &[&str] = &["issuing_unit", "decided_by", "form_reference"];
+const CONFIRM_FIELDS: &[&str] = &["issuing_unit", "decided_by", "form_reference", "unit_request_reference"];
 
 /// `POST /v1/restrictions/{id}/confirm`: the signed form of an urgent one.
 pub fn confirm_request(body: &Map<String, Value>, caller: &Caller) -> Result<ConfirmRequest, ApiError> {
@@ -395,6 +428,7 @@ pub fn confirm_request(body: &Map<String, Value>, caller: &Caller) -> Result<Con
         issuing_unit,
         decided_by,
         form_reference: f.required("form_reference", MAX_SHORT)?.to_owned(),
+        unit_request_reference: unit_request_reference(&f, caller)?,
     })
 }
 
@@ -569,6 +603,55 @@ mod tests {
     }
 
     #[test]
+    fn the_contact_center_acts_for_a_unit_only_on_its_signed_request() {
+        let unit = Caller {
+            name: "BUP".into(),
+            role: Role::Unit,
+            unit: Some(HsaId::parse(UNIT).unwrap()),
+        };
+        let lift =
+            json!({"issuing_unit": UNIT, "decided_by": {"name": "X"}, "basis": "b", "threat_assessment_done": true});
+        let e = lift_request(&body(lift.clone()), &registrar(), Family::Restriction).unwrap_err();
+        assert_eq!((e.field.as_deref(), e.status()), (Some("unit_request_reference"), 422));
+        let own = lift_request(&body(lift), &unit, Family::Restriction).unwrap();
+        assert_eq!(own.unit_request_reference, None, "a unit acting itself needs none");
+        let confirm = json!({"issuing_unit": UNIT, "decided_by": {"name": "X"}, "form_reference": "F 1"});
+        let e = confirm_request(&body(confirm.clone()), &registrar()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("unit_request_reference"));
+        assert!(confirm_request(&body(confirm), &unit).is_ok());
+    }
+
+    #[test]
+    fn a_unit_names_only_itself_in_care_units() {
+        let unit = Caller {
+            name: "BUP".into(),
+            role: Role::Unit,
+            unit: Some(HsaId::parse(UNIT).unwrap()),
+        };
+        let grant = |units: Value| {
+            body(json!({
+                "kind": "extended_access", "subject": KID, "guardian": MOTHER, "issuing_unit": UNIT,
+                "decided_by": {"name": "V"}, "basis": "b", "care_units": units
+            }))
+        };
+        let e = new_rule(
+            &grant(json!([UNIT, "SE2321000131-E000000000002"])),
+            &unit,
+            Family::Grant,
+            at(),
+            &tz(),
+        )
+        .unwrap_err();
+        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::WrongUnit, Some("care_units")));
+        assert!(new_rule(&grant(json!([UNIT])), &unit, Family::Grant, at(), &tz()).is_ok());
+        let other = json!(["SE2321000131-E000000000002"]);
+        assert!(
+            new_rule(&grant(other), &registrar(), Family::Grant, at(), &tz()).is_ok(),
+            "the registrar may"
+        );
+    }
+
+    #[test]
     fn an_explain_question_defaults_to_now_and_the_journal() {
         let r = explain_request(&body(json!({"actor": MOTHER, "subject": KID})), at(), &tz()).unwrap();
         assert_eq!(
@@ -596,13 +679,15 @@ mod tests {
 
     #[test]
     fn a_lift_of_a_restriction_needs_the_threat_assessment() {
-        let lift = json!({"issuing_unit": UNIT, "decided_by": {"name": "X"}, "basis": "Hotbild kontrollerad"});
+        let lift = json!({"issuing_unit": UNIT, "decided_by": {"name": "X"}, "basis": "Hotbild kontrollerad",
+                          "unit_request_reference": "Blankett 12"});
         let e = lift_request(&body(lift.clone()), &registrar(), Family::Restriction).unwrap_err();
         assert_eq!((e.field.as_deref(), e.status()), (Some("threat_assessment_done"), 422));
         let ok = lift_request(&body(lift), &registrar(), Family::Grant).unwrap();
         assert!(!ok.threat_assessment_done);
+        assert_eq!(ok.unit_request_reference.as_deref(), Some("Blankett 12"));
         let e = confirm_request(
-            &body(json!({"issuing_unit": UNIT, "decided_by": {"name": "X"}})),
+            &body(json!({"issuing_unit": UNIT, "decided_by": {"name": "X"}, "unit_request_reference": "B 12"})),
             &registrar(),
         )
         .unwrap_err();
