@@ -869,3 +869,42 @@ async fn an_import_too_big_for_an_overlay_is_rebuilt_and_checkpointed() {
     );
     i.stop().await;
 }
+
+/// The data directory holds the population and the audit trail: it is
+/// created `0700` and every file in it is `0600`, SQLite's WAL and
+/// shared-memory files and the snapshot file included.
+#[tokio::test]
+async fn the_data_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let store = Store::open_sqlite(&data).await.unwrap();
+    let i = Instance::start(store, quick_node(Some(data.clone()))).await;
+    let r = i.admin_post(POPULATION, "/v1/population", &family()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for _ in 0..200 {
+        if data.join("snapshot").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(mode(&data), 0o700);
+    let mut files = 0;
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        files += 1;
+    }
+    assert!(
+        files >= 4,
+        "the database, its WAL and SHM, and the snapshot file: {files}"
+    );
+    i.stop().await;
+    // A directory and a database made too open by hand are closed again.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = data.join(guardian_access::store::SQLITE_FILE);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    drop(Store::open_sqlite(&data).await.unwrap());
+    assert_eq!((mode(&data), mode(&db)), (0o700, 0o600));
+}

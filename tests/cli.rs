@@ -275,6 +275,16 @@ fn serve_refuses_a_bad_setting_naming_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("`log_format`"));
     let out = run(&["serve", "--store", "mysql://somewhere"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("`store`"));
+    // A tokens file others can read stops the start, naming it.
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.json");
+    std::fs::write(&tokens, r#"{"tokens": []}"#).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(&["serve", "--demo", "--admin-tokens", tokens.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`admin_tokens`") && err.contains("chmod 600"), "{err}");
     let out = run(&["serve", "--demo", "--admin-tokens", "no/such/tokens.json"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read `no/such/tokens.json`"));

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use guardian_access::actor::{Caller, Role};
 use guardian_access::clock::Clock;
 use guardian_access::config::{ConfigFile, DEFAULT_DATA_DIR, ListenAddr, ServeFlags, Source};
@@ -119,6 +119,7 @@ pub fn main(flags: ServeFlags, clock: Clock) -> Result<()> {
     let tokens = match (&config.admin_tokens, &scenario) {
         (Some(path), _) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+            private_tokens(path)?;
             Tokens::parse(&text).with_context(|| format!("in `{}`", path.display()))?
         }
         (None, Some(_)) => {
@@ -208,6 +209,21 @@ pub fn main(flags: ServeFlags, clock: Clock) -> Result<()> {
         info!("stopped");
         Ok(())
     })
+}
+
+/// Refuses a tokens file that group or others can read: whoever can read
+/// it can write to the register.
+fn private_tokens(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "`admin_tokens`: `{}` can be read by group or others (mode {:o}); `chmod 600` it",
+            path.display(),
+            mode & 0o777
+        );
+    }
+    Ok(())
 }
 
 /// How an address is written in the log.

@@ -262,7 +262,7 @@ impl Shared {
     /// The snapshot to start from: our own file, a peer's, or a full build.
     async fn initial(&self) -> Result<Snapshot, NodeError> {
         if let Some(dir) = &self.config.data_dir
-            && let Err(e) = tokio::fs::create_dir_all(dir).await
+            && let Err(e) = crate::store::private_dir(dir)
         {
             warn!(error = %e, "cannot create the data directory; no snapshot files");
         }

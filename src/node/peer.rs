@@ -74,7 +74,14 @@ async fn fetch_inner(peer: &Peer, dest: &Path) -> Result<(), PeerError> {
         return Err(PeerError::Status(res.status()));
     }
     let tmp = dest.with_extension("download");
-    let mut file = tokio::fs::File::create(&tmp).await.map_err(transfer)?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .await
+        .map_err(transfer)?;
     let mut body = res.into_body();
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame.map_err(transfer)?.into_data() {

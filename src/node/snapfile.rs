@@ -25,6 +25,7 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -206,7 +207,13 @@ pub fn write(path: &Path, snap: &Snapshot, store_id: &str) -> Result<u64, SnapFi
     let header = postcard::to_stdvec(&header).map_err(|_| SnapFileError::Format("cannot encode the header"))?;
 
     let tmp = temp_path(path);
-    let file = File::create(&tmp)?;
+    // Only the service's user reads it: it holds the whole population.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     let mut out = Crc {
         inner: BufWriter::with_capacity(1 << 20, file),
         crc: crc32fast::Hasher::new(),

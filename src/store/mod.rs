@@ -43,6 +43,19 @@ use crate::core::time::Instant;
 /// The file name of the embedded store inside `--data-dir`.
 pub const SQLITE_FILE: &str = "guardian-access.db";
 
+/// Creates `dir` (and its parents) if needed, and makes it readable by the
+/// service's user only (`0700`): it holds the population and the audit
+/// trail. A directory someone else owns is left as it is, with an error.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// Records per message on an import channel.
 pub const IMPORT_BATCH: usize = 16_384;
 

@@ -67,6 +67,30 @@ fn connect(path: &std::path::Path, create: bool) -> Result<Connection, StoreErro
     Ok(conn)
 }
 
+/// Makes the database file readable by the service's user only (`0600`),
+/// creating it empty first if needed: SQLite gives its WAL and
+/// shared-memory files the database file's permissions, so they follow.
+fn private_files(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    drop(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?,
+    );
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = std::path::PathBuf::from(name);
+        if file.exists() && std::fs::metadata(&file)?.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave a half-done transaction:
     // rusqlite rolls back on drop. The connection is still usable.
@@ -104,9 +128,11 @@ impl SqliteStore {
         let db = blocking(move |runtime| {
             if create {
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)
+                    super::private_dir(dir)
                         .map_err(|e| StoreError::Unavailable(format!("cannot create the data directory: {e}")))?;
                 }
+                private_files(&path)
+                    .map_err(|e| StoreError::Unavailable(format!("cannot make the store's files private: {e}")))?;
             } else if !path.exists() {
                 return Err(StoreError::Unavailable(format!("no store at `{}`", path.display())));
             }

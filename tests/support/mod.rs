@@ -78,6 +78,8 @@ pub fn tokens_file(dir: &Path) -> PathBuf {
         entry(PEER, "Peer", "peer", None),
     ]});
     std::fs::write(&path, file.to_string()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
 }
 
