@@ -18,6 +18,23 @@ pub enum Role {
     Auditor,
     /// Another instance of the fleet: may fetch snapshot files, nothing else.
     Peer,
+    /// Someone at the command line on the service's host (with the data
+    /// directory or the database URL): never a token's role.
+    Operator,
+}
+
+impl Caller {
+    /// The person at the command line, by their login name.
+    pub fn operator() -> Caller {
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown user".into());
+        Caller {
+            name: format!("command line ({user})"),
+            role: Role::Operator,
+            unit: None,
+        }
+    }
 }
 
 impl Role {
@@ -29,6 +46,7 @@ impl Role {
             Role::Population => "population",
             Role::Auditor => "auditor",
             Role::Peer => "peer",
+            Role::Operator => "operator",
         }
     }
 

@@ -110,6 +110,8 @@ pub struct ServerFile {
     pub poll_ms: Option<u64>,
     /// Overlay entries that start a background fold.
     pub fold_at: Option<usize>,
+    /// Years the access log is kept before `prune-access-log` may remove it.
+    pub access_log_retention_years: Option<u16>,
 }
 
 /// `[server.authz_headers]`.
@@ -499,6 +501,9 @@ impl ServeFlags {
         })
     }
 }
+
+/// Years the access log is kept unless the config file says otherwise.
+pub const DEFAULT_ACCESS_LOG_RETENTION_YEARS: u16 = 10;
 
 /// Without contact with PostgreSQL for this long, checks answer `503`.
 pub const DEFAULT_MAX_STALENESS_MS: u64 = 30_000;

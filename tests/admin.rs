@@ -908,3 +908,104 @@ async fn the_data_directory_is_private() {
     drop(Store::open_sqlite(&data).await.unwrap());
     assert_eq!((mode(&data), mode(&db)), (0o700, 0o600));
 }
+
+/// Every read of personal data leaves exactly one access-log row naming the
+/// reader, the role, the purpose and the subjects; the log is read by
+/// auditors only, by subject or time range, and exported as NDJSON.
+#[tokio::test]
+async fn every_read_of_personal_data_is_in_the_access_log() {
+    let (dir, i) = instance().await;
+    for _ in 0..200 {
+        if dir.path().join("snapshot").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let read = async |token: &str, method: &str, path: &str, body: &str| {
+        let headers = [
+            ("authorization", format!("Bearer {token}")),
+            ("x-purpose", "Ärende 2026-51".to_owned()),
+            ("x-subject-id", KID.to_owned()),
+        ];
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        support::send(i.admin, method, path, &headers, body.to_owned()).await
+    };
+    assert_eq!(read(REGISTRAR, "GET", "/v1/subjects", "").await.status, 200);
+    assert_eq!(read(AUDITOR, "GET", "/v1/audit", "").await.status, 200);
+    let ask = json!({"actor": MOTHER, "subject": KID}).to_string();
+    assert_eq!(read(AUDITOR, "POST", "/v1/explain", &ask).await.status, 200);
+    assert_eq!(read(PEER, "GET", "/v1/snapshot", "").await.status, 200);
+    // Refused reads show nothing and log nothing.
+    assert_eq!(read(REGISTRAR, "GET", "/v1/access-log", "").await.status, 403);
+    assert_eq!(read(UNIT_TOKEN, "GET", "/v1/subjects", "").await.status, 403);
+
+    let r = read(AUDITOR, "GET", "/v1/access-log", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let entries = r.json()["entries"].as_array().unwrap().clone();
+    let seen: Vec<(&str, &str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["by"].as_str().unwrap(),
+                e["role"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("subject_view", "Kontaktcenter", "registrar"),
+            ("audit_view", "Spärr och logg", "auditor"),
+            ("explain", "Spärr och logg", "auditor"),
+            ("access_log_view", "Spärr och logg", "auditor"),
+        ],
+        "one row per read, the reading of the log included"
+    );
+    assert_eq!(
+        entries[0]["subjects"],
+        json!([KID, MOTHER, FATHER]),
+        "the view shows the guardians too"
+    );
+    assert_eq!(entries[2]["subjects"], json!([KID, MOTHER]));
+    assert!(entries.iter().all(|e| e["purpose"] == "Ärende 2026-51"));
+    assert_eq!(entries[0]["at"], "2026-11-23T10:00:00+01:00");
+
+    // The whole range, as NDJSON: the snapshot download is there, for everyone.
+    let r = read(
+        AUDITOR,
+        "GET",
+        "/v1/access-log/export?from=2026-11-23&to=2026-11-24",
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.headers["content-type"], "application/x-ndjson");
+    let lines: Vec<Value> = r.text().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let actions: Vec<&str> = lines.iter().map(|l| l["action"].as_str().unwrap()).collect();
+    assert_eq!(
+        actions,
+        [
+            "subject_view",
+            "audit_view",
+            "explain",
+            "snapshot_download",
+            "access_log_view",
+            "access_log_export"
+        ]
+    );
+    assert_eq!(lines[3]["subjects"], "*");
+    let r = read(
+        AUDITOR,
+        "GET",
+        "/v1/access-log/export?from=2026-11-24&to=2026-11-25",
+        "",
+    )
+    .await;
+    assert_eq!((r.status, r.text().as_str()), (200, ""), "nothing outside the range");
+    let r = read(AUDITOR, "GET", "/v1/access-log/export", "").await;
+    assert_eq!((r.status, r.error().1.as_deref()), (400, Some("from")));
+    let r = read(AUDITOR, "GET", "/v1/access-log?from=yesterday", "").await;
+    assert_eq!((r.status, r.error().1.as_deref()), (400, Some("from")));
+    i.stop().await;
+}

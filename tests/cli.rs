@@ -328,6 +328,47 @@ fn import_population_then_check_from_the_store() {
     assert_eq!(ask("201801012392")["reason"], "protected_subject");
     assert_eq!(ask("201509162390")["revision"], 1);
 
+    // Each read of the store's personal data is in its access log, by the
+    // operator; a scenario file's are not.
+    let db = rusqlite::Connection::open(std::path::Path::new(data).join("guardian-access.db")).unwrap();
+    let logged: Vec<(String, String, String)> = db
+        .prepare("SELECT action, role, subjects FROM access_log ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(logged.len(), 3, "{logged:?}");
+    assert_eq!(
+        logged[0],
+        (
+            "cli_check".into(),
+            "operator".into(),
+            "201509162390,197701012382".into()
+        )
+    );
+    // The access log is kept for its retention period, then pruned on request.
+    let out = run(&["prune-access-log", "--data-dir", data, "--before", "2026-01-01"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`before`") && err.contains("kept 10 years"), "{err}");
+    let pruned = json(&run(&[
+        "prune-access-log",
+        "--data-dir",
+        data,
+        "--before",
+        "2000-01-01",
+    ]));
+    assert_eq!(pruned["removed"], 0);
+    let actions: i64 = db
+        .query_row(
+            "SELECT count(*) FROM access_log WHERE action = 'prune_access_log'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(actions, 1, "the pruning is itself logged");
+
     // Support asks why, from the same store.
     let why = json(&run(&[
         "explain",

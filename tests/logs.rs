@@ -236,5 +236,18 @@ async fn write_path(store: guardian_access::store::Store) {
         200
     );
     assert_eq!(i.admin_get(AUDITOR, "/v1/subjects/201509162391").await.status, 400);
+    let r = support::send(
+        i.admin,
+        "GET",
+        "/v1/access-log",
+        &[
+            ("authorization", &format!("Bearer {AUDITOR}")),
+            ("x-subject-id", "201509162390"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("subject_view"));
     i.stop().await;
 }

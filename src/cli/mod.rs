@@ -9,18 +9,18 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use guardian_access::actor::{Caller, Role};
 use guardian_access::clock::Clock;
-use guardian_access::config::ServeFlags;
+use guardian_access::config::{DEFAULT_ACCESS_LOG_RETENTION_YEARS, ServeFlags};
 use guardian_access::core::explain::{Facts, explain};
 use guardian_access::core::time::{self, Instant};
 use guardian_access::fixtures::Scenario;
 use guardian_access::http::admin::views::ExplainView;
 use guardian_access::http::wire::{ChildrenBody, DecisionBody};
 use guardian_access::node::{self, NodeConfig};
-use guardian_access::store::{IMPORT_BATCH, ImportMsg, Store};
+use guardian_access::store::{Access, IMPORT_BATCH, ImportMsg, Store, Subjects};
 use guardian_access::{Pid, Query, Service, Snapshot, decide, ndjson};
 
 /// A policy decision point for Swedish patient portals.
@@ -91,6 +91,20 @@ pub enum Command {
         #[arg(long)]
         as_of_revision: Option<u64>,
     },
+    /// Removes the access log from before DATE, once it is older than the
+    /// retention period (`access_log_retention_years`, default 10). The
+    /// removal is itself logged.
+    PruneAccessLog {
+        /// Remove entries before this instant (RFC 3339, or a date: local
+        /// midnight in Stockholm).
+        #[arg(long)]
+        before: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The config file (for `[server] access_log_retention_years`).
+        #[arg(long, env = "GUARDIAN_ACCESS_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Bulk-loads population data (NDJSON, one person a line) into the store,
     /// all or nothing. A running service picks it up within its poll interval.
     ImportPopulation {
@@ -145,7 +159,7 @@ pub async fn run(command: Command, clock: &Clock) -> Result<String> {
             service,
             at,
         } => {
-            let snap = source.snapshot().await?;
+            let (snap, store) = source.snapshot().await?;
             let at = at.resolve(&snap, clock)?;
             let today = time::local_date(at, snap.tz());
             let query = Query {
@@ -154,6 +168,7 @@ pub async fn run(command: Command, clock: &Clock) -> Result<String> {
                 service: service_arg(&service)?,
                 at,
             };
+            logged(store.as_ref(), "cli_check", &[query.subject, query.actor], clock).await?;
             let d = decide(&snap, &query);
             Ok(serde_json::to_string_pretty(&DecisionBody::new(&d, at, snap.tz()))?)
         }
@@ -163,13 +178,35 @@ pub async fn run(command: Command, clock: &Clock) -> Result<String> {
             service,
             at,
         } => {
-            let snap = source.snapshot().await?;
+            let (snap, store) = source.snapshot().await?;
             let at = at.resolve(&snap, clock)?;
             let guardian = identity(&guardian, "guardian", time::local_date(at, snap.tz()))?;
+            let mut shown = vec![guardian];
+            shown.extend(snap.people().children_of(guardian));
+            logged(store.as_ref(), "cli_children", &shown, clock).await?;
             let body = ChildrenBody::new(&snap, guardian, service_arg(&service)?, at);
             Ok(serde_json::to_string_pretty(&body)?)
         }
         Command::ImportPopulation { file, store } => import_population(file, store, clock).await,
+        Command::PruneAccessLog { before, store, config } => {
+            let tz = time::stockholm()?;
+            let before = time::parse_instant(&before, &tz).map_err(|e| anyhow!("`before`: {e}"))?;
+            let years = serve::config_file(config.as_deref())?
+                .server
+                .access_log_retention_years
+                .unwrap_or(DEFAULT_ACCESS_LOG_RETENTION_YEARS);
+            let today = time::local_date(clock.now(), &tz);
+            let limit = today
+                .checked_sub(jiff::Span::new().years(i64::from(years)))
+                .map_err(|_| anyhow!("`access_log_retention_years`: out of range"))?;
+            let limit_at = time::local_midnight(limit, &tz).ok_or_else(|| anyhow!("no midnight on {limit}"))?;
+            if before > limit_at {
+                bail!("`before`: the access log is kept {years} years; the latest allowed is {limit}");
+            }
+            let store = store.open(false).await?.with_clock(clock.clone());
+            let removed = store.prune_access_log(before, &Caller::operator()).await?;
+            Ok(serde_json::to_string_pretty(&serde_json::json!({"removed": removed}))?)
+        }
         Command::Explain {
             store,
             config,
@@ -190,6 +227,7 @@ pub async fn run(command: Command, clock: &Clock) -> Result<String> {
                 at,
             };
             let store = store.open(false).await?;
+            logged(Some(&store), "cli_explain", &[query.subject, query.actor], clock).await?;
             let (revision, records, rules) = store.facts(query.subject, query.actor, as_of_revision).await?;
             let facts = Facts {
                 revision,
@@ -224,16 +262,19 @@ impl StoreArgs {
 }
 
 impl Source {
-    async fn snapshot(&self) -> Result<Snapshot> {
+    /// The snapshot to answer from, and the store it came from (none for a
+    /// scenario file, which holds no one's personal data).
+    async fn snapshot(&self) -> Result<(Snapshot, Option<Store>)> {
         if let Some(path) = &self.scenario {
             let scenario = Scenario::load(path)?;
             let settings = match &self.config {
                 Some(c) => serve::settings(Some(c))?,
                 None => scenario.settings()?,
             };
-            return scenario
+            let snap = scenario
                 .snapshot_with(settings)
-                .with_context(|| format!("in scenario `{}`", path.display()));
+                .with_context(|| format!("in scenario `{}`", path.display()))?;
+            return Ok((snap, None));
         }
         let store = self.store.open(false).await?;
         let settings = Arc::new(serve::settings(self.config.as_deref())?);
@@ -245,8 +286,29 @@ impl Source {
                 .then(|| serve::data_dir(self.store.data_dir.as_deref())),
             ..NodeConfig::default()
         };
-        Ok(node::load_once(store, settings, config).await?)
+        let snap = node::load_once(store.clone(), settings, config).await?;
+        Ok((snap, Some(store)))
     }
+}
+
+/// Appends a command-line read of the store's personal data to the access
+/// log, before anything is printed (a scenario file's reads are not).
+async fn logged(store: Option<&Store>, action: &'static str, subjects: &[Pid], clock: &Clock) -> Result<()> {
+    let Some(store) = store else { return Ok(()) };
+    let store = store.clone().with_clock(clock.clone());
+    let by = Caller::operator();
+    let access = Access {
+        by: &by,
+        action,
+        subjects: Subjects::Some(subjects),
+        purpose: None,
+        detail: serde_json::json!({}),
+    };
+    store
+        .log_access(access)
+        .await
+        .context("cannot write the access log; nothing is shown")?;
+    Ok(())
 }
 
 impl At {

@@ -194,6 +194,118 @@ pub struct AuditEntry {
     pub detail: Value,
 }
 
+/// Whose personal data a read showed.
+#[derive(Debug, Clone, Copy)]
+pub enum Subjects<'a> {
+    /// These persons.
+    Some(&'a [Pid]),
+    /// The whole population (a snapshot file).
+    Everyone,
+    /// Nobody's in particular (a pruning).
+    None,
+}
+
+/// One read of personal data, for the access log (SPEC §8).
+#[derive(Debug, Clone)]
+pub struct Access<'a> {
+    /// Who read.
+    pub by: &'a Caller,
+    /// What: `subject_view`, `audit_view`, `explain`, `snapshot_download`,
+    /// `access_log_view`, `access_log_export`, `cli_check`, …
+    pub action: &'static str,
+    /// Whose data.
+    pub subjects: Subjects<'a>,
+    /// The purpose given (`x-purpose`), if any.
+    pub purpose: Option<&'a str>,
+    /// What was asked (no identity numbers beyond the subjects').
+    pub detail: Value,
+}
+
+/// An [`Access`] that owns its parts, to move into a backend's transaction.
+#[derive(Debug)]
+struct OwnedAccess {
+    by: Caller,
+    action: &'static str,
+    /// `None`: everyone.
+    subjects: Option<Vec<Pid>>,
+    purpose: Option<String>,
+    detail: Value,
+}
+
+impl From<Access<'_>> for OwnedAccess {
+    fn from(a: Access<'_>) -> OwnedAccess {
+        OwnedAccess {
+            by: a.by.clone(),
+            action: a.action,
+            subjects: match a.subjects {
+                Subjects::Some(list) => Some(list.to_vec()),
+                Subjects::Everyone => None,
+                Subjects::None => Some(Vec::new()),
+            },
+            purpose: a.purpose.map(str::to_owned),
+            detail: a.detail,
+        }
+    }
+}
+
+impl OwnedAccess {
+    async fn record<T: protocol::Tx>(&self, tx: &mut T, at: Instant) -> Result<u64, StoreError> {
+        let subjects = match &self.subjects {
+            Some(list) if list.is_empty() => Subjects::None,
+            Some(list) => Subjects::Some(list),
+            None => Subjects::Everyone,
+        };
+        let access = Access {
+            by: &self.by,
+            action: self.action,
+            subjects,
+            purpose: self.purpose.as_deref(),
+            detail: self.detail.clone(),
+        };
+        protocol::record_access(tx, at, &access).await
+    }
+}
+
+/// An access-log entry as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessEntry {
+    /// Its number, in order of writing.
+    pub id: u64,
+    /// When.
+    pub at: Instant,
+    /// Who (token name or person).
+    pub actor: String,
+    /// The reader's HSA-ID, when a person was identified by one.
+    pub hsa_id: Option<String>,
+    /// Their role.
+    pub role: String,
+    /// What they read.
+    pub action: String,
+    /// Whose data (empty with `everyone` or for a pruning).
+    pub subjects: Vec<Pid>,
+    /// The whole population.
+    pub everyone: bool,
+    /// The purpose given.
+    pub purpose: Option<String>,
+    /// What was asked.
+    pub detail: Value,
+}
+
+/// Which access-log entries to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessQuery {
+    /// Only those showing this person's data.
+    pub subject: Option<Pid>,
+    /// From this instant (inclusive).
+    pub from: Instant,
+    /// To this instant (exclusive).
+    pub to: Instant,
+    /// After this entry (0: from the first), for reading in pages.
+    pub after: u64,
+    /// At most this many.
+    pub limit: u64,
+}
+
 /// What changed after a revision, read in one consistent transaction.
 #[derive(Debug)]
 pub enum Changes {
@@ -661,6 +773,42 @@ impl Store {
             }
             Store::Postgres(s) => {
                 s.read(async |tx| protocol::facts(tx, subject, actor, at_revision).await)
+                    .await
+            }
+        }
+    }
+
+    /// Appends one read of personal data to the access log, durably, before
+    /// the data is shown; the entry's number. Takes no revision: reads
+    /// change nothing checks see.
+    pub async fn log_access(&self, access: Access<'_>) -> Result<u64, StoreError> {
+        let owned = OwnedAccess::from(access);
+        match self {
+            Store::Sqlite(s) => s.append(async move |tx, at| owned.record(tx, at).await).await,
+            Store::Postgres(s) => s.append(async |tx, at| owned.record(tx, at).await).await,
+        }
+    }
+
+    /// Access-log entries, oldest first (see [`AccessQuery`]).
+    pub async fn access_log(&self, query: AccessQuery) -> Result<Vec<AccessEntry>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.read(async move |tx| protocol::access_log(tx, &query).await).await,
+            Store::Postgres(s) => s.read(async |tx| protocol::access_log(tx, &query).await).await,
+        }
+    }
+
+    /// Removes the access log before `before`, recording the boundary and
+    /// the removal (the caller checks the retention period); how many
+    /// entries went.
+    pub async fn prune_access_log(&self, before: Instant, by: &Caller) -> Result<u64, StoreError> {
+        let by = by.clone();
+        match self {
+            Store::Sqlite(s) => {
+                s.append(async move |tx, at| protocol::prune_access_log(tx, at, before, &by).await)
+                    .await
+            }
+            Store::Postgres(s) => {
+                s.append(async |tx, at| protocol::prune_access_log(tx, at, before, &by).await)
                     .await
             }
         }

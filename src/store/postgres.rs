@@ -154,6 +154,19 @@ impl PgStore {
         Ok(out)
     }
 
+    /// Runs `f` in one transaction that takes no revision and wakes no one
+    /// (the access log: it changes nothing checks see).
+    pub(crate) async fn append<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut PgTx<'_>, Instant) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let out = f(&mut PgTx { tx: &tx }, self.clock.now()).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(out)
+    }
+
     /// Runs `f` in one read-only `REPEATABLE READ` transaction: every
     /// statement sees the same snapshot, so the change log and the rows agree.
     pub(crate) async fn read<T>(

@@ -17,8 +17,8 @@ use serde_json::Value;
 
 use super::sql::{self, Dialect};
 use super::{
-    AuditEntry, Changes, Committed, Loaded, NewRule, RuleUpdate, StoreError, StoredPerson, StoredRule, create_action,
-    rule_detail,
+    Access, AccessEntry, AccessQuery, AuditEntry, Changes, Committed, Loaded, NewRule, RuleUpdate, StoreError,
+    StoredPerson, StoredRule, Subjects, create_action, rule_detail,
 };
 use crate::actor::Caller;
 use crate::core::identity::Pid;
@@ -573,6 +573,100 @@ pub(crate) async fn facts<T: Tx>(
 
 fn pid_param(p: Pid) -> Result<Param<'static>, StoreError> {
     pid(p)
+}
+
+/// Appends one access-log entry (with its subjects, for a patient's log
+/// extract); its id.
+pub(crate) async fn record_access<T: Tx>(tx: &mut T, at: Instant, access: &Access<'_>) -> Result<u64, StoreError> {
+    let subjects = match access.subjects {
+        Subjects::Some(list) => guardians_text(list),
+        Subjects::Everyone => "*".to_owned(),
+        Subjects::None => String::new(),
+    };
+    let detail = access.detail.to_string();
+    let id = tx
+        .first(
+            sql::INSERT_ACCESS,
+            &[
+                instant(Some(at)),
+                text(&access.by.name),
+                Param::Text(None),
+                text(access.by.role.as_str()),
+                text(access.action),
+                text(&subjects),
+                Param::Text(access.purpose),
+                text(&detail),
+            ],
+            |r| r.req_int(0),
+        )
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("an insert returned no id".into()))?;
+    if let Subjects::Some(list) = access.subjects {
+        for subject in list {
+            tx.exec(sql::INSERT_ACCESS_SUBJECT, &[pid(*subject)?, Param::Int(Some(id))])
+                .await?;
+        }
+    }
+    narrow(id)
+}
+
+/// Access-log entries: a subject's or everyone's, in `[from, to)`, after
+/// entry `after`, at most `limit`, oldest first.
+pub(crate) async fn access_log<T: Tx>(tx: &mut T, query: &AccessQuery) -> Result<Vec<AccessEntry>, StoreError> {
+    let (from, to) = (instant(Some(query.from)), instant(Some(query.to)));
+    let (after, limit) = (int(query.after)?, int(query.limit)?);
+    let read = |r: &dyn Row| -> Result<AccessEntry, StoreError> {
+        let subjects = r.req_text(6)?;
+        Ok(AccessEntry {
+            id: narrow(r.req_int(0)?)?,
+            at: Instant::from_nanos(r.req_int(1)?),
+            actor: r.req_text(2)?.to_owned(),
+            hsa_id: r.text(3)?.map(str::to_owned),
+            role: r.req_text(4)?.to_owned(),
+            action: r.req_text(5)?.to_owned(),
+            everyone: subjects == "*",
+            subjects: if subjects == "*" {
+                Vec::new()
+            } else {
+                parse_guardians(subjects)?
+            },
+            purpose: r.text(7)?.map(str::to_owned),
+            detail: parse_json(r.req_text(8)?)?,
+        })
+    };
+    match query.subject {
+        Some(subject) => {
+            tx.all(sql::ACCESS_OF, &[pid(subject)?, from, to, after, limit], read)
+                .await
+        }
+        None => tx.all(sql::ACCESS_BETWEEN, &[from, to, after, limit], read).await,
+    }
+}
+
+/// Removes the access log before `before` (the caller has checked the
+/// retention), recording the boundary first and the removal itself as an
+/// entry; how many entries went.
+pub(crate) async fn prune_access_log<T: Tx>(
+    tx: &mut T,
+    at: Instant,
+    before: Instant,
+    by: &Caller,
+) -> Result<u64, StoreError> {
+    let boundary = instant(Some(before));
+    tx.exec(sql::INSERT_PRUNE, &[boundary, instant(Some(at)), text(&by.name)])
+        .await?;
+    tx.exec(sql::PRUNE_SUBJECTS, &[boundary]).await?;
+    let removed = tx.exec(sql::PRUNE_ACCESS, &[boundary]).await?;
+    let detail = serde_json::json!({"before": before.to_timestamp().to_string(), "removed": removed});
+    let entry = Access {
+        by,
+        action: "prune_access_log",
+        subjects: Subjects::None,
+        purpose: None,
+        detail,
+    };
+    record_access(tx, at, &entry).await?;
+    Ok(removed)
 }
 
 /// Guardians as stored: canonical numbers separated by commas.

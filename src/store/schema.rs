@@ -7,7 +7,88 @@ pub(crate) use super::sql::Dialect;
 /// The migrations, one entry per schema version; never change a released
 /// one, add one.
 pub(crate) fn migrations(d: Dialect) -> Vec<String> {
-    vec![version_1(d)]
+    vec![version_1(d), version_2(d)]
+}
+
+/// The access log (SPEC §8, Patientdatalagen 4 kap. 3 §): one row for every
+/// read of personal data, its subjects indexed for a patient's log extract.
+/// Rows are never changed; they are removed only by `prune-access-log`,
+/// which first records the boundary in `access_log_prunes` (the triggers
+/// refuse any other removal).
+fn version_2(d: Dialect) -> String {
+    let (id, int) = match d {
+        Dialect::Sqlite => ("id INTEGER PRIMARY KEY", "INTEGER"),
+        Dialect::Postgres => ("id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "BIGINT"),
+    };
+    let without_rowid = if d == Dialect::Sqlite { " WITHOUT ROWID" } else { "" };
+    let mut sql = format!(
+        r#"
+CREATE TABLE access_log (
+    {id},
+    at {int} NOT NULL,
+    actor TEXT NOT NULL,
+    hsa_id TEXT,
+    role TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subjects TEXT NOT NULL,
+    purpose TEXT,
+    detail TEXT NOT NULL
+);
+CREATE INDEX access_log_by_at ON access_log (at);
+CREATE TABLE access_log_subjects (
+    subject {int} NOT NULL,
+    entry {int} NOT NULL,
+    PRIMARY KEY (subject, entry)
+){without_rowid};
+CREATE TABLE access_log_prunes (
+    before {int} NOT NULL,
+    at {int} NOT NULL,
+    actor TEXT NOT NULL
+);
+"#
+    );
+    // Removal is allowed only below the newest pruning boundary.
+    let kept = "coalesce((SELECT max(before) FROM access_log_prunes), 0)";
+    match d {
+        Dialect::Sqlite => {
+            for t in ["access_log", "access_log_subjects"] {
+                sql.push_str(&format!(
+                    "CREATE TRIGGER {t}_never_changes BEFORE UPDATE ON {t}\n    \
+                     BEGIN SELECT RAISE(ABORT, 'access log entries are never changed or removed'); END;\n"
+                ));
+            }
+            sql.push_str(&format!(
+                "CREATE TRIGGER access_log_kept BEFORE DELETE ON access_log WHEN old.at >= {kept}\n    \
+                 BEGIN SELECT RAISE(ABORT, 'access log entries are never changed or removed before they are pruned'); END;\n\
+                 CREATE TRIGGER access_log_subjects_kept BEFORE DELETE ON access_log_subjects\n    \
+                 WHEN (SELECT at FROM access_log WHERE id = old.entry) >= {kept}\n    \
+                 BEGIN SELECT RAISE(ABORT, 'access log entries are never changed or removed before they are pruned'); END;\n"
+            ));
+        }
+        Dialect::Postgres => {
+            sql.push_str(&format!(
+                "CREATE FUNCTION guardian_access_access_log_kept() RETURNS trigger LANGUAGE plpgsql AS $$\n\
+                 BEGIN\n\
+                 IF TG_OP <> 'DELETE' THEN RAISE EXCEPTION 'access log entries are never changed or removed'; END IF;\n\
+                 IF TG_TABLE_NAME = 'access_log' THEN\n\
+                   IF OLD.at >= {kept} THEN RAISE EXCEPTION 'access log entries are never changed or removed before they are pruned'; END IF;\n\
+                 ELSIF (SELECT at FROM access_log WHERE id = OLD.entry) >= {kept} THEN\n\
+                   RAISE EXCEPTION 'access log entries are never changed or removed before they are pruned';\n\
+                 END IF;\n\
+                 RETURN OLD;\nEND $$;\n"
+            ));
+            for t in ["access_log", "access_log_subjects"] {
+                sql.push_str(&format!(
+                    "CREATE TRIGGER {t}_kept BEFORE UPDATE OR DELETE ON {t}\n    \
+                     FOR EACH ROW EXECUTE FUNCTION guardian_access_access_log_kept();\n\
+                     CREATE TRIGGER {t}_no_truncate BEFORE TRUNCATE ON {t}\n    \
+                     FOR EACH STATEMENT EXECUTE FUNCTION guardian_access_append_only();\n"
+                ));
+            }
+        }
+    }
+    sql.push_str(&append_only(d, &["access_log_prunes"], false));
+    sql
 }
 
 fn version_1(d: Dialect) -> String {
@@ -86,15 +167,15 @@ CREATE TABLE audit (
 CREATE INDEX audit_by_subject ON audit (subject, revision);
 "#
     );
-    sql.push_str(&append_only(d, &["audit", "person_history"]));
+    sql.push_str(&append_only(d, &["audit", "person_history"], true));
     sql
 }
 
 /// Triggers that refuse to change or remove rows of `tables` (and, in
 /// PostgreSQL, to truncate them).
-fn append_only(d: Dialect, tables: &[&str]) -> String {
+fn append_only(d: Dialect, tables: &[&str], define: bool) -> String {
     let mut sql = String::new();
-    if d == Dialect::Postgres {
+    if d == Dialect::Postgres && define {
         sql.push_str(
             "CREATE FUNCTION guardian_access_append_only() RETURNS trigger LANGUAGE plpgsql AS $$\n\
              BEGIN\n    RAISE EXCEPTION '% entries are never changed or removed', TG_TABLE_NAME;\nEND $$;\n",
@@ -143,7 +224,9 @@ mod tests {
         };
         let (s, p) = (migrations(Dialect::Sqlite), migrations(Dialect::Postgres));
         assert_eq!(s.len(), p.len());
-        assert_eq!(columns(&s[0]), columns(&p[0]));
+        for (s, p) in s.iter().zip(&p) {
+            assert_eq!(columns(s), columns(p));
+        }
         assert!(
             s[0].contains("id INTEGER PRIMARY KEY,"),
             "the rowid is the person's number"

@@ -120,6 +120,36 @@ pub(crate) const RULES_AT: &str = concat!(
      AND a.action = 'lift') FROM rules WHERE subject = $1 AND id <= $2 ORDER BY valid_from, id"
 );
 
+pub(crate) const INSERT_ACCESS: &str = "INSERT INTO access_log (at, actor, hsa_id, role, action, subjects, purpose, \
+     detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id";
+pub(crate) const INSERT_ACCESS_SUBJECT: &str =
+    "INSERT INTO access_log_subjects (subject, entry) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+
+/// The columns of an access-log row, in the order the protocol reads them.
+macro_rules! access_columns {
+    () => {
+        "l.id, l.at, l.actor, l.hsa_id, l.role, l.action, l.subjects, l.purpose, l.detail"
+    };
+}
+
+/// A subject's access-log entries in `[from, to)`, after entry `$4`, oldest first.
+pub(crate) const ACCESS_OF: &str = concat!(
+    "SELECT ",
+    access_columns!(),
+    " FROM access_log_subjects s JOIN access_log l ON l.id = s.entry WHERE s.subject = $1 AND l.at >= $2 \
+     AND l.at < $3 AND l.id > $4 ORDER BY l.id LIMIT $5"
+);
+/// Every access-log entry in `[from, to)`, after entry `$3`, oldest first.
+pub(crate) const ACCESS_BETWEEN: &str = concat!(
+    "SELECT ",
+    access_columns!(),
+    " FROM access_log l WHERE l.at >= $1 AND l.at < $2 AND l.id > $3 ORDER BY l.id LIMIT $4"
+);
+pub(crate) const INSERT_PRUNE: &str = "INSERT INTO access_log_prunes (before, at, actor) VALUES ($1, $2, $3)";
+pub(crate) const PRUNE_SUBJECTS: &str =
+    "DELETE FROM access_log_subjects WHERE entry IN (SELECT id FROM access_log WHERE at < $1)";
+pub(crate) const PRUNE_ACCESS: &str = "DELETE FROM access_log WHERE at < $1";
+
 /// Inserts one person into `person_history` (both dialects' imports).
 pub(crate) const INSERT_HISTORY: &str = "INSERT INTO person_history (revision, seq, id, birth_date, protected, \
      guardians) VALUES ($1, $2, $3, $4, $5, $6)";
@@ -147,6 +177,13 @@ mod tests {
             INSERT_HISTORY,
             PERSON_AT,
             RULES_AT,
+            INSERT_ACCESS,
+            INSERT_ACCESS_SUBJECT,
+            ACCESS_OF,
+            ACCESS_BETWEEN,
+            INSERT_PRUNE,
+            PRUNE_SUBJECTS,
+            PRUNE_ACCESS,
             &rule_for_update(Dialect::Sqlite),
             &update_rule("lifted_at", "lift"),
         ] {

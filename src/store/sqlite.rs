@@ -199,6 +199,24 @@ impl SqliteStore {
         .await
     }
 
+    /// Runs `f` in one write transaction on the writer that takes no
+    /// revision (the access log: it changes nothing checks see), at the
+    /// clock's instant; durable before it returns, like every write.
+    pub(crate) async fn append<T: Send + 'static>(
+        &self,
+        f: impl AsyncFnOnce(&mut SqliteTx<'_>, Instant) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        let clock = self.clock.clone();
+        blocking(move |runtime| {
+            let mut conn = lock(&db.writer);
+            transaction(&mut conn, TransactionBehavior::Immediate, &runtime, async |tx| {
+                f(tx, clock.now()).await
+            })
+        })
+        .await
+    }
+
     /// Runs `f` in one read transaction on a reader connection: every
     /// statement sees the same committed state.
     pub(crate) async fn read<T: Send + 'static>(

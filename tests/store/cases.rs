@@ -339,3 +339,77 @@ pub async fn facts_are_taken_as_they_stood(store: Store) {
         Err(StoreError::FutureRevision(4))
     ));
 }
+
+/// The access log: appended with its subjects, read by subject or range,
+/// never changed, removed only by a pruning, which is itself logged.
+pub async fn the_access_log_is_kept_until_pruned(store: Store) {
+    use guardian_access::clock::Clock;
+    use guardian_access::store::{Access, AccessQuery, Subjects};
+    let at = |s: &str| Instant::from_timestamp(s.parse().unwrap()).unwrap();
+    let old = store.clone().with_clock(Clock::manual(at("2014-05-01T08:00:00Z")));
+    let new = store.clone().with_clock(Clock::manual(at("2026-11-23T09:00:00Z")));
+    let by = registrar();
+    let read = |subjects| Access {
+        by: &by,
+        action: "subject_view",
+        subjects,
+        purpose: Some("Ärende 12"),
+        detail: serde_json::json!({}),
+    };
+    let (both, kid_only) = ([pid(KID), pid(MOTHER)], [pid(KID)]);
+    let first = old.log_access(read(Subjects::Some(&both))).await.unwrap();
+    let second = new.log_access(read(Subjects::Some(&kid_only))).await.unwrap();
+    new.log_access(read(Subjects::Everyone)).await.unwrap();
+    assert!(second > first);
+    assert_eq!(store.revision().await.unwrap(), 0, "reads take no revision");
+    let all = |subject| AccessQuery {
+        subject,
+        from: Instant::from_nanos(i64::MIN),
+        to: Instant::MAX,
+        after: 0,
+        limit: 100,
+    };
+    let kid = store.access_log(all(Some(pid(KID)))).await.unwrap();
+    assert_eq!(kid.len(), 2);
+    assert_eq!(kid[0].subjects, vec![pid(KID), pid(MOTHER)]);
+    assert_eq!(
+        (kid[0].actor.as_str(), kid[0].purpose.as_deref()),
+        ("Kontaktcenter", Some("Ärende 12"))
+    );
+    assert_eq!(store.access_log(all(Some(pid(MOTHER)))).await.unwrap().len(), 1);
+    let everything = store.access_log(all(None)).await.unwrap();
+    assert_eq!(everything.len(), 3);
+    assert!(everything[2].everyone);
+    let recent = AccessQuery {
+        from: at("2020-01-01T00:00:00Z"),
+        ..all(None)
+    };
+    assert_eq!(store.access_log(recent).await.unwrap().len(), 2);
+    let page = AccessQuery {
+        limit: 1,
+        after: first,
+        ..all(None)
+    };
+    assert_eq!(store.access_log(page).await.unwrap()[0].id, second);
+
+    // Pruning removes what is older than the boundary, and says so.
+    let removed = new.prune_access_log(at("2015-01-01T00:00:00Z"), &by).await.unwrap();
+    assert_eq!(removed, 1);
+    let left = store.access_log(all(None)).await.unwrap();
+    assert_eq!(left.len(), 3);
+    assert_eq!(left.last().unwrap().action, "prune_access_log");
+    assert_eq!(store.access_log(all(Some(pid(MOTHER)))).await.unwrap().len(), 0);
+}
+
+/// One access-log entry, for the append-only checks.
+pub async fn log_a_read(store: &Store) {
+    let by = registrar();
+    let access = guardian_access::store::Access {
+        by: &by,
+        action: "audit_view",
+        subjects: guardian_access::store::Subjects::Some(&[pid(KID)]),
+        purpose: None,
+        detail: serde_json::json!({}),
+    };
+    store.log_access(access).await.unwrap();
+}

@@ -36,6 +36,7 @@ sqlite_cases!(
     urgent_restrictions_wait_for_their_form,
     an_import_is_all_or_nothing,
     facts_are_taken_as_they_stood,
+    the_access_log_is_kept_until_pruned,
 );
 
 #[tokio::test]
@@ -49,12 +50,16 @@ async fn sqlite_the_revision_and_everything_survive_reopening() {
 async fn sqlite_audit_entries_can_never_change() {
     let (dir, store) = sqlite().await;
     cases::import(&store, vec![cases::family()], true).await.unwrap();
+    cases::log_a_read(&store).await;
     let conn = rusqlite::Connection::open(dir.path().join(guardian_access::store::SQLITE_FILE)).unwrap();
     for sql in [
         "UPDATE audit SET actor = 'someone else'",
         "DELETE FROM audit",
         "UPDATE person_history SET protected = 1",
         "DELETE FROM person_history",
+        "UPDATE access_log SET actor = 'someone else'",
+        "DELETE FROM access_log",
+        "DELETE FROM access_log_subjects",
     ] {
         let e = conn.execute(sql, []).unwrap_err().to_string();
         assert!(e.contains("never"), "{sql}: {e}");
@@ -86,6 +91,7 @@ mod postgres {
         cases::urgent_restrictions_wait_for_their_form(db().await).await;
         cases::an_import_is_all_or_nothing(db().await).await;
         cases::facts_are_taken_as_they_stood(db().await).await;
+        cases::the_access_log_is_kept_until_pruned(db().await).await;
         let url = cluster.database("reopen").await;
         cases::the_revision_and_everything_survive_reopening(async || Store::open_postgres(&url).await.unwrap()).await;
     }
@@ -96,6 +102,7 @@ mod postgres {
         let url = cluster.database("audit").await;
         let store = Store::open_postgres(&url).await.unwrap();
         cases::import(&store, vec![cases::family()], true).await.unwrap();
+        cases::log_a_read(&store).await;
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
         for sql in [
@@ -104,6 +111,10 @@ mod postgres {
             "TRUNCATE audit",
             "UPDATE person_history SET protected = true",
             "DELETE FROM person_history",
+            "UPDATE access_log SET actor = 'someone else'",
+            "DELETE FROM access_log",
+            "TRUNCATE access_log",
+            "DELETE FROM access_log_subjects",
         ] {
             let e = client.batch_execute(sql).await.unwrap_err();
             let msg = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();

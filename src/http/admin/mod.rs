@@ -9,7 +9,12 @@
 //! | `POST /v1/restrictions`, `/v1/grants`, `…/{id}/lift`, `…/{id}/confirm` | yes | own unit only | | | |
 //! | `POST /v1/population` | | | yes | | |
 //! | `GET /v1/subjects/{id}`, `GET /v1/audit?subject=`, `POST /v1/explain` | yes | | | yes | |
+//! | `GET /v1/access-log`, `GET /v1/access-log/export` | | | | yes | |
 //! | `GET /v1/snapshot` | | | | | yes |
+//!
+//! Every read of personal data (a subject, the audit trail, an explanation,
+//! a snapshot file, the access log itself) is appended to the access log,
+//! durably, before the data is shown (SPEC §8).
 //!
 //! This module routes and checks roles; [`validate`] turns bodies into store
 //! requests, [`views`] turns stored records into answers. A write answers
@@ -32,7 +37,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response};
 use jiff::tz::TimeZone;
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -49,10 +54,12 @@ use crate::http::metrics::{Endpoint, Metrics};
 use crate::http::{error_answer, read_body, respond};
 use crate::ndjson;
 use crate::node::Node;
-use crate::store::{Family, IMPORT_BATCH, ImportMsg, StoreError};
+use crate::store::{Access, AccessQuery, Family, IMPORT_BATCH, ImportMsg, StoreError, Subjects};
 use auth::Tokens;
 use validate::wrong_unit;
-use views::{AnswerView, AuditView, Created, ExplainView, ImportedView, SubjectView, Written};
+use views::{
+    AccessEntryView, AccessLogView, AnswerView, AuditView, Created, ExplainView, ImportedView, SubjectView, Written,
+};
 
 /// The admin listener's shared state.
 #[derive(Debug)]
@@ -195,6 +202,10 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Result<AdminAnswer, Api
         .clone();
     let path = req.uri().path().to_owned();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let reading = Reading {
+        caller: &caller,
+        purpose: purpose(&req)?,
+    };
     let method = req.method().clone();
     let allow = |m: Method| -> Result<(), ApiError> {
         if method == m || (m == Method::GET && method == Method::HEAD) {
@@ -213,6 +224,10 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Result<AdminAnswer, Api
     };
     let reader = |c: &Caller| match c.role {
         Role::Registrar | Role::Auditor => Ok(()),
+        r => Err(forbidden(r)),
+    };
+    let auditor = |c: &Caller| match c.role {
+        Role::Auditor => Ok(()),
         r => Err(forbidden(r)),
     };
     match parts.as_slice() {
@@ -262,7 +277,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Result<AdminAnswer, Api
             allow(Method::GET)?;
             reader(&caller)?;
             let subject = subject_param(admin, &req, rest.first().copied())?;
-            subject_view(admin, subject).await
+            subject_view(admin, &reading, subject).await
         }
         ["v1", "audit"] => {
             allow(Method::GET)?;
@@ -273,20 +288,36 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Result<AdminAnswer, Api
                 .find_map(|kv| kv.strip_prefix("subject="))
                 .map(percent_decoded);
             let subject = subject_param(admin, &req, from_query.as_deref())?;
-            audit_view(admin, subject).await
+            audit_view(admin, &reading, subject).await
+        }
+        ["v1", "access-log"] => {
+            allow(Method::GET)?;
+            auditor(&caller)?;
+            let query = AccessParams::of(req.uri().query().unwrap_or(""), admin)?;
+            let subject = match query.subject.as_deref().or_else(|| header_text(&req, "x-subject-id")) {
+                Some(s) => Some(Pid::parse(s.trim(), admin.today()).map_err(|e| ApiError::identity("subject", e))?),
+                None => None,
+            };
+            access_log_view(admin, &reading, subject, query).await
+        }
+        ["v1", "access-log", "export"] => {
+            allow(Method::GET)?;
+            auditor(&caller)?;
+            let query = AccessParams::of(req.uri().query().unwrap_or(""), admin)?;
+            access_log_export(admin, &reading, query).await
         }
         ["v1", "explain"] => {
             allow(Method::POST)?;
             reader(&caller)?;
             let body = read_json(req).await?;
-            explain(admin, &body).await
+            explain(admin, &reading, &body).await
         }
         ["v1", "snapshot"] => {
             allow(Method::GET)?;
             if caller.role != Role::Peer {
                 return Err(forbidden(caller.role));
             }
-            snapshot_file(admin).await
+            snapshot_file(admin, &reading).await
         }
         _ => Err(ApiError::not_found()),
     }
@@ -514,12 +545,18 @@ async fn population(admin: &Admin, caller: &Caller, req: Request<Incoming>) -> R
 
 /// `GET /v1/subjects/{id}`: the person, their guardians, every restriction
 /// and grant, and the answer each guardian (and the subject) gets now.
-async fn subject_view(admin: &Admin, subject: Pid) -> Result<AdminAnswer, ApiError> {
+async fn subject_view(admin: &Admin, reading: &Reading<'_>, subject: Pid) -> Result<AdminAnswer, ApiError> {
     let store = admin.node.store();
     let person = store
         .person(subject)
         .await
         .map_err(|e| store_error(e, Family::Restriction))?;
+    // The view shows the subject and their guardians.
+    let mut shown = vec![subject];
+    shown.extend(person.iter().flat_map(|p| p.record.guardians.iter().copied()));
+    reading
+        .log(admin, "subject_view", Subjects::Some(&shown), json!({}))
+        .await?;
     let rules = store
         .rules_of(subject)
         .await
@@ -551,9 +588,13 @@ async fn subject_view(admin: &Admin, subject: Pid) -> Result<AdminAnswer, ApiErr
 
 /// `POST /v1/explain`: why a question got (or gets) its answer, from the
 /// facts as they stood at `as_of_revision` (today's when left out).
-async fn explain(admin: &Admin, body: &Map<String, Value>) -> Result<AdminAnswer, ApiError> {
+async fn explain(admin: &Admin, reading: &Reading<'_>, body: &Map<String, Value>) -> Result<AdminAnswer, ApiError> {
     let req = validate::explain_request(body, admin.now(), &admin.tz)?;
     let q = req.query;
+    let detail = json!({"service": q.service.as_str(), "at": q.at.to_timestamp().to_string(), "as_of_revision": req.as_of_revision});
+    reading
+        .log(admin, "explain", Subjects::Some(&[q.subject, q.actor]), detail)
+        .await?;
     let (revision, records, rules) = admin
         .node
         .store()
@@ -575,7 +616,10 @@ async fn explain(admin: &Admin, body: &Map<String, Value>) -> Result<AdminAnswer
 }
 
 /// `GET /v1/audit?subject=`: every write concerning the subject.
-async fn audit_view(admin: &Admin, subject: Pid) -> Result<AdminAnswer, ApiError> {
+async fn audit_view(admin: &Admin, reading: &Reading<'_>, subject: Pid) -> Result<AdminAnswer, ApiError> {
+    reading
+        .log(admin, "audit_view", Subjects::Some(&[subject]), json!({}))
+        .await?;
     let entries = admin
         .node
         .store()
@@ -585,15 +629,222 @@ async fn audit_view(admin: &Admin, subject: Pid) -> Result<AdminAnswer, ApiError
     Ok(json_answer(200, &AuditView::new(subject, &entries, &admin.tz)))
 }
 
+/// Who is reading personal data, and why: what every read leaves in the
+/// access log.
+struct Reading<'a> {
+    caller: &'a Caller,
+    purpose: Option<String>,
+}
+
+impl Reading<'_> {
+    /// Appends the read to the access log, durably, before anything is
+    /// shown; a read that cannot be logged is refused.
+    async fn log(
+        &self,
+        admin: &Admin,
+        action: &'static str,
+        subjects: Subjects<'_>,
+        detail: Value,
+    ) -> Result<(), ApiError> {
+        let access = Access {
+            by: self.caller,
+            action,
+            subjects,
+            purpose: self.purpose.as_deref(),
+            detail,
+        };
+        match admin.node.store().log_access(access).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                error!(error = %e, action, "cannot write the access log; the read is refused");
+                Err(ApiError::new(
+                    ErrorCode::NotReady,
+                    "the access log cannot be written; nothing is shown",
+                    None,
+                ))
+            }
+        }
+    }
+}
+
+/// The purpose of a read (`x-purpose`): free text, at most 200 characters.
+fn purpose<B>(req: &Request<B>) -> Result<Option<String>, ApiError> {
+    let Some(v) = req.headers().get("x-purpose") else {
+        return Ok(None);
+    };
+    let text = std::str::from_utf8(v.as_bytes())
+        .map_err(|_| ApiError::invalid_request("purpose", "the `x-purpose` header must be UTF-8 text"))?
+        .trim();
+    if text.chars().count() > 200 {
+        return Err(ApiError::invalid_request("purpose", "must be at most 200 characters"));
+    }
+    Ok((!text.is_empty()).then(|| text.to_owned()))
+}
+
+fn header_text<'r, B>(req: &'r Request<B>, name: &str) -> Option<&'r str> {
+    req.headers()
+        .get(name)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+}
+
+/// The access log's query parameters: `from` and `to` (RFC 3339 or a
+/// date), `after` (an entry number, for the next page), `limit`, `subject`.
+struct AccessParams {
+    from: Option<Instant>,
+    to: Option<Instant>,
+    after: u64,
+    limit: u64,
+    subject: Option<String>,
+}
+
+/// Most entries one `GET /v1/access-log` returns.
+const MAX_ACCESS_PAGE: u64 = 10_000;
+
+impl AccessParams {
+    fn of(query: &str, admin: &Admin) -> Result<AccessParams, ApiError> {
+        let mut p = AccessParams {
+            from: None,
+            to: None,
+            after: 0,
+            limit: 1000,
+            subject: None,
+        };
+        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let v = percent_decoded(v);
+            let instant =
+                |field: &'static str| time::parse_instant(&v, &admin.tz).map_err(|e| ApiError::invalid_time(field, e));
+            let number = |field: &'static str| {
+                v.parse::<u64>()
+                    .map_err(|_| ApiError::invalid_request(field, "must be a non-negative integer"))
+            };
+            match k {
+                "from" => p.from = Some(instant("from")?),
+                "to" => p.to = Some(instant("to")?),
+                "after" => p.after = number("after")?,
+                "limit" => p.limit = number("limit")?.clamp(1, MAX_ACCESS_PAGE),
+                "subject" => p.subject = Some(v),
+                _ => {
+                    return Err(ApiError::invalid_request(
+                        "query",
+                        "knows `from`, `to`, `after`, `limit` and `subject`",
+                    ));
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    fn query(&self, subject: Option<Pid>) -> AccessQuery {
+        AccessQuery {
+            subject,
+            from: self.from.unwrap_or(Instant::from_nanos(i64::MIN)),
+            to: self.to.unwrap_or(Instant::MAX),
+            after: self.after,
+            limit: self.limit,
+        }
+    }
+}
+
+/// `GET /v1/access-log`: a subject's (`x-subject-id`) or a time range's
+/// reads, oldest first, a page at a time (`next` is the `after` of the
+/// next page).
+async fn access_log_view(
+    admin: &Admin,
+    reading: &Reading<'_>,
+    subject: Option<Pid>,
+    params: AccessParams,
+) -> Result<AdminAnswer, ApiError> {
+    let shown: Vec<Pid> = subject.into_iter().collect();
+    let detail = json!({"from": params.from.map(|f| f.to_timestamp().to_string()), "to": params.to.map(|t| t.to_timestamp().to_string())});
+    reading
+        .log(admin, "access_log_view", Subjects::Some(&shown), detail)
+        .await?;
+    let query = params.query(subject);
+    let entries = admin
+        .node
+        .store()
+        .access_log(query)
+        .await
+        .map_err(|e| store_error(e, Family::Restriction))?;
+    let next = (entries.len() as u64 == query.limit)
+        .then(|| entries.last().map(|e| e.id))
+        .flatten();
+    Ok(json_answer(200, &AccessLogView::new(&entries, next, &admin.tz)))
+}
+
+/// `GET /v1/access-log/export?from=&to=`: every read in the range as NDJSON,
+/// streamed page by page (a patient's log extract or the region's review).
+async fn access_log_export(
+    admin: &Admin,
+    reading: &Reading<'_>,
+    params: AccessParams,
+) -> Result<AdminAnswer, ApiError> {
+    let (Some(from), Some(to)) = (params.from, params.to) else {
+        return Err(ApiError::invalid_request(
+            "from",
+            "`from` and `to` are required for an export",
+        ));
+    };
+    let detail = json!({"from": from.to_timestamp().to_string(), "to": to.to_timestamp().to_string()});
+    reading.log(admin, "access_log_export", Subjects::None, detail).await?;
+    let store = admin.node.store().clone();
+    let tz = admin.tz.clone();
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let mut after = 0;
+        loop {
+            let page = AccessQuery {
+                subject: None,
+                from,
+                to,
+                after,
+                limit: MAX_ACCESS_PAGE,
+            };
+            let entries = match store.access_log(page).await {
+                Ok(e) => e,
+                Err(e) => {
+                    error!(error = %e, "the access-log export failed part way");
+                    let _ = tx.send(Err(std::io::Error::other("the export failed"))).await;
+                    return;
+                }
+            };
+            let mut out = Vec::new();
+            for e in &entries {
+                if serde_json::to_writer(&mut out, &AccessEntryView::new(e, &tz)).is_ok() {
+                    out.push(b'\n');
+                }
+            }
+            if !out.is_empty() && tx.send(Ok(Frame::data(Bytes::from(out)))).await.is_err() {
+                return;
+            }
+            match entries.last() {
+                Some(last) if entries.len() as u64 == MAX_ACCESS_PAGE => after = last.id,
+                _ => return,
+            }
+        }
+    });
+    let frames = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
 /// `GET /v1/snapshot`: this node's newest snapshot file, for a peer's
 /// bootstrap, streamed. A checkpoint renamed over the file meanwhile does
 /// not disturb it: the open file keeps the old one.
-async fn snapshot_file(admin: &Admin) -> Result<AdminAnswer, ApiError> {
+async fn snapshot_file(admin: &Admin, reading: &Reading<'_>) -> Result<AdminAnswer, ApiError> {
     let unreadable = |_| ApiError::internal("cannot read the snapshot file");
     let path = admin
         .node
         .snapshot_file()
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "this instance has no snapshot file yet", None))?;
+    reading
+        .log(admin, "snapshot_download", Subjects::Everyone, json!({}))
+        .await?;
     let file = tokio::fs::File::open(&path).await.map_err(unreadable)?;
     let len = file.metadata().await.map_err(unreadable)?.len();
     let frames = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map(|chunk| chunk.map(Frame::data));

@@ -13,7 +13,7 @@ use crate::core::identity::Pid;
 use crate::core::model::{HsaId, Service};
 use crate::core::time::{Instant, LocalTime};
 use crate::http::wire::DecisionBody;
-use crate::store::{AuditEntry, Family, Imported, StoredPerson, StoredRule};
+use crate::store::{AccessEntry, AuditEntry, Family, Imported, StoredPerson, StoredRule};
 
 fn local(i: Instant, tz: &TimeZone) -> String {
     LocalTime::new(i, tz).to_string()
@@ -379,6 +379,60 @@ impl<'a> ExplainView<'a> {
             revision: e.decision().revision,
             as_of_revision,
             settings: "current",
+        }
+    }
+}
+
+/// One access-log entry.
+#[derive(Debug, Serialize)]
+pub struct AccessEntryView<'a> {
+    id: u64,
+    at: String,
+    by: &'a str,
+    hsa_id: Option<&'a str>,
+    role: &'a str,
+    action: &'a str,
+    /// Whose data; `"*"` for the whole population.
+    subjects: Value,
+    purpose: Option<&'a str>,
+    detail: &'a Value,
+}
+
+impl<'a> AccessEntryView<'a> {
+    /// `e`, with its instant in Stockholm time.
+    pub fn new(e: &'a AccessEntry, tz: &TimeZone) -> AccessEntryView<'a> {
+        AccessEntryView {
+            id: e.id,
+            at: local(e.at, tz),
+            by: &e.actor,
+            hsa_id: e.hsa_id.as_deref(),
+            role: &e.role,
+            action: &e.action,
+            subjects: if e.everyone {
+                Value::from("*")
+            } else {
+                Value::from(e.subjects.iter().map(Pid::to_string).collect::<Vec<_>>())
+            },
+            purpose: e.purpose.as_deref(),
+            detail: &e.detail,
+        }
+    }
+}
+
+/// `GET /v1/access-log`: a page of entries.
+#[derive(Debug, Serialize)]
+pub struct AccessLogView<'a> {
+    entries: Vec<AccessEntryView<'a>>,
+    /// The `after` of the next page, when there may be one.
+    next: Option<u64>,
+}
+
+impl<'a> AccessLogView<'a> {
+    /// A page of `entries`.
+    pub fn new(entries: &'a [AccessEntry], next: Option<u64>, tz: &TimeZone) -> AccessLogView<'a> {
+        AccessLogView {
+            entries: entries.iter().map(|e| AccessEntryView::new(e, tz)).collect(),
+            next,
         }
     }
 }
