@@ -41,4 +41,6 @@ EXPOSE 7070 7071
 # SIGTERM: stop accepting, finish in-flight requests, close the store, exit.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/guardian-access"]
-CMD ["serve", "--demo"]
+# The demo serves its admin API as plain HTTP; in production mount a
+# certificate and set GUARDIAN_ACCESS_ADMIN_TLS_CERT and _KEY instead.
+CMD ["serve", "--demo", "--admin-insecure"]

@@ -75,6 +75,7 @@ async fn cold(dir: PathBuf) {
             source: "bench".into(),
             clock: guardian_access::clock::Clock::system(),
             grpc: None,
+            admin_tls: None,
         },
     );
     while service.state.cell.current().is_none() {

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::core::model::{HsaId, Settings};
 use crate::core::time::LeapDay;
 use crate::http::listener::{AuthzHeaders, ListenerConfig};
+use crate::http::tls::TlsFiles;
 use crate::node::{NodeConfig, Peer};
 
 /// The region-settings section as written. Every field is optional; what is
@@ -94,6 +95,12 @@ pub struct ServerFile {
     pub admin_addr: Option<String>,
     /// Envoy's gRPC ext_authz: `HOST:PORT` or `unix:/PATH`.
     pub grpc_addr: Option<String>,
+    /// The admin listener's TLS certificate chain (PEM).
+    pub admin_tls_cert: Option<String>,
+    /// The admin listener's TLS private key (PEM).
+    pub admin_tls_key: Option<String>,
+    /// Plain HTTP on a non-loopback admin address, on purpose.
+    pub admin_insecure: Option<bool>,
     /// The embedded store and snapshot files.
     pub data_dir: Option<String>,
     /// The admin tokens file.
@@ -193,6 +200,17 @@ pub struct ServeFlags {
     /// Where the check listener binds [default: 127.0.0.1:7070].
     #[arg(long, env = "GUARDIAN_ACCESS_CHECK_ADDR")]
     pub check_addr: Option<String>,
+    /// The admin listener's TLS certificate chain (PEM); with `--admin-tls-key`
+    /// it serves HTTPS, re-reading both on SIGHUP.
+    #[arg(long, env = "GUARDIAN_ACCESS_ADMIN_TLS_CERT")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// The admin listener's TLS private key (PEM).
+    #[arg(long, env = "GUARDIAN_ACCESS_ADMIN_TLS_KEY")]
+    pub admin_tls_key: Option<PathBuf>,
+    /// Serve the admin API as plain HTTP on a non-loopback address anyway
+    /// (tokens and personal data cross the network in clear).
+    #[arg(long, env = "GUARDIAN_ACCESS_ADMIN_INSECURE")]
+    pub admin_insecure: bool,
     /// Envoy's gRPC ext_authz: `HOST:PORT` or `unix:/PATH` [default: off].
     #[arg(long, env = "GUARDIAN_ACCESS_GRPC_ADDR")]
     pub grpc_addr: Option<String>,
@@ -298,6 +316,8 @@ pub struct ServeConfig {
     pub admin_addr: SocketAddr,
     /// Where Envoy's gRPC ext_authz listens, if anywhere.
     pub grpc_addr: Option<ListenAddr>,
+    /// The admin listener's certificate and key, if it serves HTTPS.
+    pub admin_tls: Option<TlsFiles>,
     /// Both listeners' limits and the check listener's settings.
     pub listener: ListenerConfig,
     /// JSON log lines instead of text.
@@ -352,6 +372,28 @@ impl ServeFlags {
         };
         let check_addr = addr(&self.check_addr, &f.check_addr, DEFAULT_CHECK_ADDR, "check_addr")?;
         let admin_addr = addr(&self.admin_addr, &f.admin_addr, DEFAULT_ADMIN_ADDR, "admin_addr")?;
+        let tls_cert = self
+            .admin_tls_cert
+            .clone()
+            .or_else(|| f.admin_tls_cert.as_ref().map(PathBuf::from));
+        let tls_key = self
+            .admin_tls_key
+            .clone()
+            .or_else(|| f.admin_tls_key.as_ref().map(PathBuf::from));
+        let admin_tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => return Err(bad("admin_tls_key", "is required with `admin_tls_cert`")),
+            (None, Some(_)) => return Err(bad("admin_tls_cert", "is required with `admin_tls_key`")),
+        };
+        let insecure = self.admin_insecure || f.admin_insecure.unwrap_or(false);
+        if admin_tls.is_none() && !admin_addr.ip().is_loopback() && !insecure {
+            return Err(bad(
+                "admin_addr",
+                "is reachable from other hosts: give `admin_tls_cert` and `admin_tls_key`, \
+                 or `admin_insecure` to serve tokens and personal data in clear on purpose",
+            ));
+        }
         let grpc_addr = self
             .grpc_addr
             .as_ref()
@@ -481,6 +523,7 @@ impl ServeFlags {
         Ok(ServeConfig {
             check_addr,
             admin_addr,
+            admin_tls,
             grpc_addr,
             listener: ListenerConfig {
                 max_connections,
@@ -599,6 +642,43 @@ mod tests {
         assert!(!c.json_logs);
         assert_eq!(c.admin_tokens, None);
         assert_eq!(c.grpc_addr, None, "gRPC is off unless asked for");
+    }
+
+    #[test]
+    fn an_admin_listener_off_the_host_needs_tls_or_says_insecure() {
+        let off_host = |more: ServeFlags| ServeFlags {
+            admin_addr: Some("0.0.0.0:7071".into()),
+            ..more
+        };
+        let e = resolve(&off_host(ServeFlags::default()), "").unwrap_err();
+        assert_eq!(e.name, "admin_addr");
+        let tls = off_host(ServeFlags {
+            admin_tls_cert: Some("/etc/ga/cert.pem".into()),
+            admin_tls_key: Some("/etc/ga/key.pem".into()),
+            ..ServeFlags::default()
+        });
+        let c = resolve(&tls, "").unwrap();
+        assert_eq!(c.admin_tls.unwrap().key, PathBuf::from("/etc/ga/key.pem"));
+        let insecure = off_host(ServeFlags {
+            admin_insecure: true,
+            ..ServeFlags::default()
+        });
+        assert!(resolve(&insecure, "").unwrap().admin_tls.is_none());
+        let c = resolve(
+            &ServeFlags::default(),
+            "[server]\nadmin_addr = \"10.1.2.3:7071\"\nadmin_insecure = true",
+        )
+        .unwrap();
+        assert!(c.admin_tls.is_none());
+        let half = ServeFlags {
+            admin_tls_cert: Some("/etc/ga/cert.pem".into()),
+            ..ServeFlags::default()
+        };
+        assert_eq!(resolve(&half, "").unwrap_err().name, "admin_tls_key");
+        assert!(
+            resolve(&ServeFlags::default(), "").unwrap().admin_tls.is_none(),
+            "loopback may be plain"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::http::check::{self, State};
 use crate::http::grpc::{self, GrpcListener};
 use crate::http::listener::{self, ListenerConfig};
 use crate::http::metrics::Metrics;
+use crate::http::tls::Tls;
 use crate::node::{Node, NodeConfig, Publication};
 use crate::store::{Store, StoreError};
 
@@ -33,6 +34,8 @@ pub struct Options {
     pub tokens: Tokens,
     /// Where the data comes from, for `/v1/status`.
     pub source: String,
+    /// TLS for the admin listener (`--admin-tls-cert/-key`), if any.
+    pub admin_tls: Option<Arc<Tls>>,
     /// Envoy's gRPC ext_authz listener (`--grpc-addr`), if any.
     pub grpc: Option<GrpcListener>,
     /// Where "now" comes from: checks without `at`, commit times, the
@@ -83,18 +86,26 @@ pub fn start(
 
     let handler_slot = slot.clone();
     let admin_metrics = metrics.clone();
+    let admin_tls = options.admin_tls.clone();
     let admin_listener = options.listener.clone();
     let admin_stopped = stopped();
     tasks.push(tokio::spawn(async move {
-        let served = listener::serve(admin, &admin_listener, admin_metrics, admin_stopped, move |req| {
-            let slot = handler_slot.clone();
-            async move {
-                match slot.get() {
-                    Some(a) => admin::handle(a, req).await,
-                    None => admin::not_ready(),
+        let served = listener::serve(
+            admin,
+            &admin_listener,
+            admin_metrics,
+            admin_tls,
+            admin_stopped,
+            move |req| {
+                let slot = handler_slot.clone();
+                async move {
+                    match slot.get() {
+                        Some(a) => admin::handle(a, req).await,
+                        None => admin::not_ready(),
+                    }
                 }
-            }
-        });
+            },
+        );
         if let Err(e) = served.await {
             error!(error = %e, "the admin listener failed");
         }

@@ -16,6 +16,7 @@ use guardian_access::core::model::{HsaId, RuleId, Settings};
 use guardian_access::fixtures::Scenario;
 use guardian_access::http::admin::auth::{self, Tokens};
 use guardian_access::http::grpc::GrpcListener;
+use guardian_access::http::tls::Tls;
 use guardian_access::node::NodeConfig;
 use guardian_access::service::{self, Options};
 use guardian_access::store::{NewRule, RuleMeta, Store};
@@ -129,6 +130,10 @@ pub fn main(flags: ServeFlags, clock: Clock) -> Result<()> {
         }
         (None, None) => Tokens::default(),
     };
+    let admin_tls = match &config.admin_tls {
+        Some(files) => Some(Arc::new(Tls::load(files.clone())?)),
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("guardian-access")
@@ -194,8 +199,12 @@ pub fn main(flags: ServeFlags, clock: Clock) -> Result<()> {
                 source: label,
                 clock,
                 grpc,
+                admin_tls: admin_tls.clone(),
             },
         );
+        if let Some(tls) = admin_tls {
+            tokio::spawn(reload_on_hangup(tls));
+        }
         if let Some(tokens) = demo {
             if service.state.cell.wait_for_revision(1, Duration::from_secs(30)).await {
                 print_curl_lines(check_addr, admin_addr, &tokens);
@@ -224,6 +233,22 @@ fn private_tokens(path: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Re-reads the admin certificate and key on every SIGHUP (a renewed
+/// certificate without a restart); a pair that cannot be used is logged and
+/// the old one kept.
+async fn reload_on_hangup(tls: Arc<Tls>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP; the admin certificate is read at start only");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => info!(cert = %tls.cert_path().display(), "admin TLS certificate re-read"),
+            Err(e) => warn!(error = %e, "cannot re-read the admin TLS certificate; keeping the old one"),
+        }
+    }
 }
 
 /// How an address is written in the log.

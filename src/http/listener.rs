@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::http::metrics::Metrics;
+use crate::http::tls::Tls;
 
 /// The header names `GET /v1/authz` reads.
 #[derive(Debug, Clone)]
@@ -77,11 +78,14 @@ impl Default for ListenerConfig {
 /// connections (more are closed at once and counted), a request head within
 /// `header_read_timeout`, idle connections closed, and on `shutdown` no new
 /// connections while in-flight requests finish. Connections are counted in
-/// `metrics`.
+/// `metrics`. With `tls`, each connection first completes a TLS handshake
+/// (within `header_read_timeout`) with the configuration current when it
+/// arrived.
 pub async fn serve<H, F, B>(
     listener: TcpListener,
     config: &ListenerConfig,
     metrics: Arc<Metrics>,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
     handler: H,
 ) -> std::io::Result<()>
@@ -119,17 +123,44 @@ where
         };
         let _ = stream.set_nodelay(true);
         metrics.connection_opened();
-        let io = TokioIo::new(IdleTimeout::new(stream, config.idle_timeout));
         let handler = handler.clone();
         let service = hyper::service::service_fn(move |req| {
             let fut = handler(req);
             async move { Ok::<_, Infallible>(fut.await) }
         });
-        let conn = graceful.watch(http.serve_connection(io, service));
+        let (watcher, http, idle, handshake) = (
+            graceful.watcher(),
+            http.clone(),
+            config.idle_timeout,
+            config.header_read_timeout,
+        );
+        let tls = tls.clone();
         let conn_metrics = metrics.clone();
         tokio::spawn(
             async move {
-                if let Err(e) = conn.await {
+                let served = match tls {
+                    None => {
+                        watcher
+                            .watch(http.serve_connection(TokioIo::new(IdleTimeout::new(stream, idle)), service))
+                            .await
+                    }
+                    Some(tls) => match tokio::time::timeout(handshake, tls.acceptor().accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            watcher
+                                .watch(http.serve_connection(TokioIo::new(IdleTimeout::new(stream, idle)), service))
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            debug!(error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            debug!("TLS handshake timed out");
+                            Ok(())
+                        }
+                    },
+                };
+                if let Err(e) = served {
                     debug!(error = %e, "connection ended with an error");
                 }
                 conn_metrics.connection_closed();

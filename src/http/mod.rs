@@ -12,6 +12,7 @@ pub mod error;
 pub mod grpc;
 pub mod listener;
 pub mod metrics;
+pub mod tls;
 pub mod wire;
 
 use bytes::Bytes;

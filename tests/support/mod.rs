@@ -142,7 +142,22 @@ impl Instance {
         Instance::start_full(store, node, Settings::default(), Clock::system()).await
     }
 
+    /// An instance whose admin listener serves HTTPS.
+    pub async fn start_tls(store: Store, node: NodeConfig, tls: Arc<guardian_access::http::tls::Tls>) -> Instance {
+        Instance::start_inner(store, node, Settings::default(), clock(), Some(tls)).await
+    }
+
     async fn start_full(store: Store, node: NodeConfig, settings: Settings, clock: Clock) -> Instance {
+        Instance::start_inner(store, node, settings, clock, None).await
+    }
+
+    async fn start_inner(
+        store: Store,
+        node: NodeConfig,
+        settings: Settings,
+        clock: Clock,
+        admin_tls: Option<Arc<guardian_access::http::tls::Tls>>,
+    ) -> Instance {
         let check = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (check_addr, admin_addr) = (check.local_addr().unwrap(), admin.local_addr().unwrap());
@@ -161,6 +176,7 @@ impl Instance {
                 source: "test".into(),
                 clock,
                 grpc: None,
+                admin_tls,
             },
         );
         let i = Instance {

@@ -132,7 +132,7 @@ impl State {
 pub async fn run(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let config = state.config.clone();
     let metrics = state.metrics.clone();
-    serve(listener, &config, metrics, shutdown, move |req| {
+    serve(listener, &config, metrics, None, shutdown, move |req| {
         let state = state.clone();
         async move { handle(&state, req).await }
     })

@@ -1,0 +1,175 @@
+//! The admin listener over HTTPS (SPEC §8), with a CA and certificates made
+//! in the test: a client that trusts the CA gets its answers; plain HTTP to
+//! the TLS listener gets nothing; a re-read certificate (SIGHUP) is served
+//! to the next connection; and the binary refuses a plain admin listener
+//! reachable from other hosts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use guardian_access::http::tls::{Tls, TlsFiles};
+use guardian_access::store::Store;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+use rustls_pki_types::{CertificateDer, ServerName};
+use support::{AUDITOR, POPULATION, quick_node};
+
+/// A CA, and a server certificate for 127.0.0.1 and localhost it signed,
+/// written as PEM files; the CA's certificate for clients.
+fn certificates(dir: &Path, name: &str) -> (TlsFiles, CertificateDer<'static>) {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("Test CA {name}"));
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let files = TlsFiles {
+        cert: dir.join(format!("{name}-cert.pem")),
+        key: dir.join(format!("{name}-key.pem")),
+    };
+    std::fs::write(&files.cert, cert.pem()).unwrap();
+    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    (files, ca.der().clone())
+}
+
+fn client_config(ca: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// One HTTPS request; an error if the handshake or the exchange fails.
+async fn https(
+    addr: std::net::SocketAddr,
+    ca: &CertificateDer<'static>,
+    token: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), Box<dyn std::error::Error + Send + Sync>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(client_config(ca));
+    let stream = connector.connect(ServerName::try_from("127.0.0.1")?, tcp).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let method = if body.is_empty() { "GET" } else { "POST" };
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "127.0.0.1")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::from(body.to_owned())))?;
+    let res = sender.send_request(req).await?;
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[tokio::test]
+async fn the_admin_api_is_served_over_tls_and_reloads_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, ca) = certificates(dir.path(), "first");
+    let tls = Arc::new(Tls::load(files.clone()).unwrap());
+    let store = Store::open_sqlite(&dir.path().join("data")).await.unwrap();
+    let i = support::Instance::start_tls(store, quick_node(None), tls.clone()).await;
+
+    let family = r#"{"id": "201509162390", "protected": false, "guardians": ["197701012382"]}"#;
+    let (status, body) = https(i.admin, &ca, POPULATION, "/v1/population", family).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = https(i.admin, &ca, AUDITOR, "/v1/subjects/201509162390", "")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("197701012382"));
+
+    // Plain HTTP to the TLS listener gets no answer.
+    let plain = support::try_send(i.admin, "GET", "/v1/subjects/201509162390", &[], Bytes::new()).await;
+    assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
+    // A client that does not trust the certificate's CA refuses it.
+    let (_, stranger_ca) = certificates(dir.path(), "stranger");
+    assert!(
+        https(i.admin, &stranger_ca, AUDITOR, "/v1/subjects/201509162390", "")
+            .await
+            .is_err()
+    );
+
+    // A renewed certificate (another CA, here) is served after a reload;
+    // a pair that cannot be used keeps the old one.
+    let (renewed, new_ca) = certificates(dir.path(), "renewed");
+    std::fs::copy(&renewed.cert, &files.cert).unwrap();
+    std::fs::copy(&renewed.key, &files.key).unwrap();
+    tls.reload().unwrap();
+    assert!(
+        https(i.admin, &new_ca, AUDITOR, "/v1/subjects/201509162390", "")
+            .await
+            .is_ok()
+    );
+    assert!(
+        https(i.admin, &ca, AUDITOR, "/v1/subjects/201509162390", "")
+            .await
+            .is_err()
+    );
+    std::fs::write(&files.key, "not a key").unwrap();
+    let e = tls.reload().unwrap_err().to_string();
+    assert!(e.contains("-key.pem") && !e.contains("not a key"), "{e}");
+    assert!(
+        https(i.admin, &new_ca, AUDITOR, "/v1/subjects/201509162390", "")
+            .await
+            .is_ok()
+    );
+    i.stop().await;
+}
+
+#[test]
+fn the_binary_refuses_a_plain_admin_listener_off_the_host() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_guardian-access"))
+        .args([
+            "serve",
+            "--demo",
+            "--admin-addr",
+            "0.0.0.0:0",
+            "--check-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`admin_addr`") && err.contains("admin_tls_cert"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none.pem");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_guardian-access"))
+        .args([
+            "serve",
+            "--demo",
+            "--check-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--admin-tls-cert")
+        .arg(&missing)
+        .arg("--admin-tls-key")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("none.pem"));
+}
