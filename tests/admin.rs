@@ -681,8 +681,15 @@ async fn everything_survives_a_restart_and_the_snapshot_file_is_served_to_peers(
     assert_eq!(file.status, 200);
     let copy = dir.path().join("copy");
     std::fs::write(&copy, &file.body).unwrap();
-    let id = i.service.node().unwrap().store().id().to_owned();
-    let snap = guardian_access::node::snapfile::read(&copy, &id, std::sync::Arc::new(Default::default())).unwrap();
+    let store = i.service.node().unwrap().store();
+    let (id, key) = (store.id().to_owned(), store.snapshot_key().to_vec());
+    assert!(key.len() >= 32, "a 256-bit key");
+    assert!(
+        !file.body.windows(key.len()).any(|w| w == key.as_slice()),
+        "the key is never in the file"
+    );
+    let settings = std::sync::Arc::new(Default::default());
+    let snap = guardian_access::node::snapfile::read(&copy, &id, &key, settings).unwrap();
     assert!(snap.revision() <= revision);
     i.stop().await;
 

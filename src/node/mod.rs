@@ -295,7 +295,8 @@ impl Shared {
         let path = path.to_owned();
         let id = self.store.id().to_owned();
         let settings = self.settings.clone();
-        tokio::task::spawn_blocking(move || snapfile::read(&path, &id, settings))
+        let key = self.store.snapshot_key().to_vec();
+        tokio::task::spawn_blocking(move || snapfile::read(&path, &id, &key, settings))
             .await
             .map_err(|e| SnapFileError::Io(std::io::Error::other(e.to_string())))?
     }
@@ -374,7 +375,8 @@ impl Shared {
         let id = self.store.id().to_owned();
         let revision = snap.revision();
         let started = std::time::Instant::now();
-        match blocking(move || snapfile::write(&path, &snap, &id)).await {
+        let key = self.store.snapshot_key().to_vec();
+        match blocking(move || snapfile::write(&path, &snap, &id, &key)).await {
             Ok(Ok(bytes)) => {
                 self.cell.sync.checkpoints.fetch_add(1, Relaxed);
                 info!(

@@ -13,7 +13,13 @@
 //! child offsets, child edges        u32 arrays
 //! extra guardians, rules            postcard
 //! u32 CRC-32 of everything above
+//! 32-byte HMAC-SHA256 of everything above, keyed by the store's snapshot key
 //! ```
+//!
+//! The key is made with the store and kept in its `meta` row, never in a
+//! file: a file is used only if this store's key authenticates it, so a
+//! file altered on disk or in transit (or handed over by a rogue peer) is
+//! refused even when its checksums are right.
 //!
 //! The population table is plain old data already (`bytemuck`), so it is
 //! written and read as bytes, straight into its huge-page mapping: the
@@ -37,7 +43,15 @@ use crate::core::people::{GuardianEdge, People, RawPeopleError};
 use crate::core::snapshot::{BuildError, Rules, Snapshot};
 use crate::core::time::{Instant, LeapDay};
 
-const MAGIC: [u8; 8] = *b"GASNAP\0\x02";
+const MAGIC: [u8; 8] = *b"GASNAP\0\x03";
+/// Bytes of the authentication tag at the end.
+const TAG: usize = 32;
+
+type Mac = hmac::Hmac<sha2::Sha256>;
+
+fn mac(key: &[u8]) -> Result<Mac, SnapFileError> {
+    <Mac as hmac::KeyInit>::new_from_slice(key).map_err(|_| SnapFileError::Format("the snapshot key is unusable"))
+}
 /// No header is anywhere near this; a larger length is corruption.
 const MAX_HEADER: u32 = 64 * 1024;
 
@@ -56,6 +70,10 @@ pub enum SnapFileError {
     /// The snapshot cannot be assembled (e.g. other age settings).
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// This store's key does not authenticate it: altered on disk or in
+    /// transit, or not made by a node of this store.
+    #[error("snapshot file is not authenticated by this store's key")]
+    Unauthenticated,
     /// The file was made from another store.
     #[error("snapshot file belongs to another store")]
     OtherStore,
@@ -149,12 +167,16 @@ fn leap_code(l: LeapDay) -> u8 {
 struct Crc<W> {
     inner: W,
     crc: crc32fast::Hasher,
+    mac: Option<Mac>,
 }
 
 impl<W: Write> Write for Crc<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.crc.update(&buf[..n]);
+        if let Some(m) = &mut self.mac {
+            hmac::Mac::update(m, &buf[..n]);
+        }
         Ok(n)
     }
 
@@ -163,11 +185,25 @@ impl<W: Write> Write for Crc<W> {
     }
 }
 
-impl<R: Read> Read for Crc<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.crc.update(&buf[..n]);
-        Ok(n)
+/// The running checksum and authentication code of what was read.
+struct Sums {
+    crc: crc32fast::Hasher,
+    mac: Option<Mac>,
+}
+
+impl Sums {
+    fn new(mac: Option<Mac>) -> Sums {
+        Sums {
+            crc: crc32fast::Hasher::new(),
+            mac,
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        self.crc.update(bytes);
+        if let Some(m) = &mut self.mac {
+            hmac::Mac::update(m, bytes);
+        }
     }
 }
 
@@ -178,7 +214,7 @@ fn u32s(v: &[u32]) -> impl Iterator<Item = [u8; 4]> + '_ {
 /// Writes `snap` (which must be folded) to `path` atomically: a temporary
 /// file beside it, synced, then renamed over it, then the directory synced.
 /// A crash leaves the old file or the new one, never a mix.
-pub fn write(path: &Path, snap: &Snapshot, store_id: &str) -> Result<u64, SnapFileError> {
+pub fn write(path: &Path, snap: &Snapshot, store_id: &str, key: &[u8]) -> Result<u64, SnapFileError> {
     let raw = snap.people().raw().ok_or(SnapFileError::NotFolded)?;
     if snap.rules().overlay_len() != 0 {
         return Err(SnapFileError::NotFolded);
@@ -217,6 +253,7 @@ pub fn write(path: &Path, snap: &Snapshot, store_id: &str) -> Result<u64, SnapFi
     let mut out = Crc {
         inner: BufWriter::with_capacity(1 << 20, file),
         crc: crc32fast::Hasher::new(),
+        mac: Some(mac(key)?),
     };
     out.write_all(&MAGIC)?;
     out.write_all(&(header.len() as u32).to_le_bytes())?;
@@ -228,9 +265,12 @@ pub fn write(path: &Path, snap: &Snapshot, store_id: &str) -> Result<u64, SnapFi
     }
     out.write_all(&more)?;
     out.write_all(&rules)?;
-    let crc = out.crc.finalize();
+    let crc = out.crc.finalize().to_le_bytes();
+    let mut tag = out.mac.take().ok_or(SnapFileError::Format("no key"))?;
+    hmac::Mac::update(&mut tag, &crc);
     let mut inner = out.inner;
-    inner.write_all(&crc.to_le_bytes())?;
+    inner.write_all(&crc)?;
+    inner.write_all(&hmac::Mac::finalize(tag).into_bytes())?;
     let file = inner.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     let size = file.metadata()?.len();
@@ -266,14 +306,14 @@ pub struct FileInfo {
 /// Reads and checks only the header of the file at `path`.
 pub fn info(path: &Path) -> Result<FileInfo, SnapFileError> {
     let mut r = BufReader::new(File::open(path)?);
-    let h = read_header(&mut r, &mut crc32fast::Hasher::new())?;
+    let h = read_header(&mut r, &mut Sums::new(None))?;
     Ok(FileInfo {
         store_id: h.store_id,
         revision: h.revision,
     })
 }
 
-fn read_exact_crc(r: &mut impl Read, crc: &mut crc32fast::Hasher, buf: &mut [u8]) -> Result<(), SnapFileError> {
+fn read_exact_crc(r: &mut impl Read, crc: &mut Sums, buf: &mut [u8]) -> Result<(), SnapFileError> {
     r.read_exact(buf).map_err(|e| match e.kind() {
         io::ErrorKind::UnexpectedEof => SnapFileError::Format("the file is truncated"),
         _ => SnapFileError::Io(e),
@@ -282,7 +322,7 @@ fn read_exact_crc(r: &mut impl Read, crc: &mut crc32fast::Hasher, buf: &mut [u8]
     Ok(())
 }
 
-fn read_header(r: &mut impl Read, crc: &mut crc32fast::Hasher) -> Result<Header, SnapFileError> {
+fn read_header(r: &mut impl Read, crc: &mut Sums) -> Result<Header, SnapFileError> {
     let mut magic = [0u8; 8];
     read_exact_crc(r, crc, &mut magic)?;
     if magic != MAGIC {
@@ -306,11 +346,11 @@ fn read_header(r: &mut impl Read, crc: &mut crc32fast::Hasher) -> Result<Header,
 
 /// Reads the snapshot file at `path`, made from store `store_id`, and
 /// assembles it with `settings` (whose age limits must be the file's).
-pub fn read(path: &Path, store_id: &str, settings: Arc<Settings>) -> Result<Snapshot, SnapFileError> {
+pub fn read(path: &Path, store_id: &str, key: &[u8], settings: Arc<Settings>) -> Result<Snapshot, SnapFileError> {
     let file = File::open(path)?;
     let size = file.metadata()?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
-    let mut crc = crc32fast::Hasher::new();
+    let mut crc = Sums::new(Some(mac(key)?));
     let h = read_header(&mut r, &mut crc)?;
     if h.store_id != store_id {
         return Err(SnapFileError::OtherStore);
@@ -338,7 +378,7 @@ pub fn read(path: &Path, store_id: &str, settings: Arc<Settings>) -> Result<Snap
     .try_fold(0u64, |a, b| a.checked_add(*b))
     .ok_or(SnapFileError::Format("section lengths overflow"))?;
     let header_len = 8 + 4 + postcard::to_stdvec(&h).map_or(0, |v| v.len() as u64) + 4;
-    if header_len.checked_add(body).and_then(|n| n.checked_add(4)) != Some(size) {
+    if header_len.checked_add(body).and_then(|n| n.checked_add(4 + TAG as u64)) != Some(size) {
         return Err(SnapFileError::Format("the file length does not match its header"));
     }
 
@@ -362,9 +402,16 @@ pub fn read(path: &Path, store_id: &str, settings: Arc<Settings>) -> Result<Snap
     let mut check = [0u8; 4];
     r.read_exact(&mut check)
         .map_err(|_| SnapFileError::Format("the file is truncated"))?;
+    let Sums { crc, mac } = crc;
     if u32::from_le_bytes(check) != crc.finalize() {
         return Err(SnapFileError::Format("the checksum does not match"));
     }
+    let mut tag = [0u8; TAG];
+    r.read_exact(&mut tag)
+        .map_err(|_| SnapFileError::Format("the file is truncated"))?;
+    let mut mac = mac.ok_or(SnapFileError::Format("no key"))?;
+    hmac::Mac::update(&mut mac, &check);
+    hmac::Mac::verify_slice(mac, &tag).map_err(|_| SnapFileError::Unauthenticated)?;
 
     let more: Vec<(u64, Vec<u64>)> =
         postcard::from_bytes(&more).map_err(|_| SnapFileError::Format("the guardians cannot be decoded"))?;
@@ -397,12 +444,14 @@ mod tests {
         Arc::new(demo().settings().clone())
     }
 
+    const KEY: &[u8] = b"a test key of thirty-two bytes!!";
+
     #[test]
     fn a_written_file_reads_back_with_the_same_answers() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("snapshot");
         let snap = demo();
-        write(&path, &snap, "store-a").unwrap();
+        write(&path, &snap, "store-a", KEY).unwrap();
         assert_eq!(
             info(&path).unwrap(),
             FileInfo {
@@ -410,7 +459,7 @@ mod tests {
                 revision: 1
             }
         );
-        let back = read(&path, "store-a", settings()).unwrap();
+        let back = read(&path, "store-a", KEY, settings()).unwrap();
         assert_eq!(back.revision(), snap.revision());
         assert_eq!(back.people().len(), snap.people().len());
         assert_eq!(back.people().links(), snap.people().links());
@@ -427,26 +476,26 @@ mod tests {
     fn damage_anywhere_is_detected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("snapshot");
-        write(&path, &demo(), "store-a").unwrap();
+        write(&path, &demo(), "store-a", KEY).unwrap();
         let good = std::fs::read(&path).unwrap();
         // A flipped bit at every 97th byte, and a cut at several lengths.
         for i in (0..good.len()).step_by(97) {
             let mut bad = good.clone();
             bad[i] ^= 0x10;
             std::fs::write(&path, &bad).unwrap();
-            assert!(read(&path, "store-a", settings()).is_err(), "bit flipped at {i}");
+            assert!(read(&path, "store-a", KEY, settings()).is_err(), "bit flipped at {i}");
         }
         for cut in [0, 7, 20, good.len() / 2, good.len() - 1] {
             std::fs::write(&path, &good[..cut]).unwrap();
-            assert!(read(&path, "store-a", settings()).is_err(), "cut at {cut}");
+            assert!(read(&path, "store-a", KEY, settings()).is_err(), "cut at {cut}");
         }
         let mut longer = good.clone();
         longer.push(0);
         std::fs::write(&path, &longer).unwrap();
-        assert!(read(&path, "store-a", settings()).is_err(), "trailing bytes");
+        assert!(read(&path, "store-a", KEY, settings()).is_err(), "trailing bytes");
         std::fs::write(&path, &good).unwrap();
         assert!(matches!(
-            read(&path, "store-b", settings()),
+            read(&path, "store-b", KEY, settings()),
             Err(SnapFileError::OtherStore)
         ));
         let other = Arc::new(Settings {
@@ -454,10 +503,49 @@ mod tests {
             ..(*settings()).clone()
         });
         assert!(matches!(
-            read(&path, "store-a", other),
+            read(&path, "store-a", KEY, other),
             Err(SnapFileError::Build(BuildError::SettingsMismatch))
         ));
-        assert!(read(&path, "store-a", settings()).is_ok());
+        assert!(read(&path, "store-a", KEY, settings()).is_ok());
+    }
+
+    /// A protected flag flipped in the population table with every checksum
+    /// put right, as someone editing the file would: the key refuses it, and
+    /// another store's key refuses a good file.
+    #[test]
+    fn only_this_stores_key_authenticates_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshot");
+        write(&path, &demo(), "store-a", KEY).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let header_len = u32::from_le_bytes(good[8..12].try_into().unwrap()) as usize;
+        let slots = 8 + 4 + header_len + 4;
+        // The first slot's key: the PROTECTED flag is its top bit.
+        let key_byte = (0..good.len() - slots)
+            .step_by(32)
+            .map(|i| slots + i)
+            .find(|&at| good[at..at + 8] != [0; 8])
+            .unwrap()
+            + 7;
+        let mut forged = good.clone();
+        forged[key_byte] ^= 0x80;
+        let body_end = forged.len() - TAG - 4;
+        let crc = crc32fast::hash(&forged[..body_end]).to_le_bytes();
+        forged[body_end..body_end + 4].copy_from_slice(&crc);
+        std::fs::write(&path, &forged).unwrap();
+        assert!(
+            matches!(
+                read(&path, "store-a", KEY, settings()),
+                Err(SnapFileError::Unauthenticated)
+            ),
+            "a forged file with right checksums is refused"
+        );
+        std::fs::write(&path, &good).unwrap();
+        assert!(matches!(
+            read(&path, "store-a", b"another store's key, 32 bytes!!!", settings()),
+            Err(SnapFileError::Unauthenticated)
+        ));
+        assert!(read(&path, "store-a", KEY, settings()).is_ok());
     }
 
     #[test]
@@ -467,9 +555,9 @@ mod tests {
         let rule = snap.rules().iter().next().unwrap().clone();
         let changed = snap.apply(2, &[], &[rule]).unwrap();
         assert!(matches!(
-            write(&dir.path().join("s"), &changed, "x"),
+            write(&dir.path().join("s"), &changed, "x", KEY),
             Err(SnapFileError::NotFolded)
         ));
-        write(&dir.path().join("s"), &changed.fold().unwrap(), "x").unwrap();
+        write(&dir.path().join("s"), &changed.fold().unwrap(), "x", KEY).unwrap();
     }
 }

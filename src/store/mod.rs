@@ -549,6 +549,13 @@ fn confirm_detail(req: &ConfirmRequest) -> Value {
     })
 }
 
+/// A fresh snapshot key: 256 random bits in hex.
+fn new_snapshot_key() -> Result<String, StoreError> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| StoreError::Unavailable(format!("no randomness: {e}")))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
 /// A fresh store id: 128 random bits in hex.
 fn new_store_id() -> Result<String, StoreError> {
     let mut b = [0u8; 16];
@@ -611,6 +618,15 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.id(),
             Store::Postgres(s) => s.id(),
+        }
+    }
+
+    /// The key that authenticates this store's snapshot files; never
+    /// written to a file.
+    pub fn snapshot_key(&self) -> &[u8] {
+        match self {
+            Store::Sqlite(s) => s.snapshot_key(),
+            Store::Postgres(s) => s.snapshot_key(),
         }
     }
 

@@ -47,6 +47,7 @@ pub struct PgStore {
     pool: Pool,
     config: Arc<tokio_postgres::Config>,
     id: Arc<str>,
+    key: Arc<[u8]>,
     clock: Clock,
 }
 
@@ -108,16 +109,18 @@ impl PgStore {
             pool,
             config: Arc::new(config),
             id: Arc::from(""),
+            key: Arc::from(Vec::new()),
             clock: Clock::system(),
         };
-        let id = store.migrate().await?;
+        let (id, key) = store.migrate().await?;
         Ok(PgStore {
             id: Arc::from(id.as_str()),
+            key: Arc::from(key),
             ..store
         })
     }
 
-    async fn migrate(&self) -> Result<String, StoreError> {
+    async fn migrate(&self) -> Result<(String, Vec<u8>), StoreError> {
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let tx = client.transaction().await.map_err(pg)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -136,6 +139,11 @@ impl PgStore {
     /// The store's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The snapshot key.
+    pub(crate) fn snapshot_key(&self) -> &[u8] {
+        &self.key
     }
 
     /// Runs one write: a transaction that takes the next revision first (the

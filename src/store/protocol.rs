@@ -149,8 +149,8 @@ pub(crate) trait Tx {
 }
 
 /// Creates or migrates the schema and the `meta` row, inside one
-/// transaction; the store's id.
-pub(crate) async fn migrate<T: Tx>(tx: &mut T, at: Instant) -> Result<String, StoreError> {
+/// transaction; the store's id and its snapshot key.
+pub(crate) async fn migrate<T: Tx>(tx: &mut T, at: Instant) -> Result<(String, Vec<u8>), StoreError> {
     let d = tx.dialect();
     tx.batch(sql::MIGRATIONS_TABLE).await?;
     let current = tx.one_int(sql::SCHEMA_VERSION, &[]).await?;
@@ -166,9 +166,25 @@ pub(crate) async fn migrate<T: Tx>(tx: &mut T, at: Instant) -> Result<String, St
     }
     let id = super::new_store_id()?;
     tx.exec(sql::META_CREATE, &[text(&id)]).await?;
-    tx.first(sql::STORE_ID, &[], |r| Ok(r.req_text(0)?.to_owned()))
-        .await?
-        .ok_or_else(|| StoreError::Corrupt("no store id".into()))
+    let key = super::new_snapshot_key()?;
+    tx.exec(sql::SNAPSHOT_KEY_CREATE, &[text(&key)]).await?;
+    tx.first(sql::STORE_ID, &[], |r| {
+        let key =
+            decode_hex(r.req_text(1)?).ok_or_else(|| StoreError::Corrupt("the snapshot key is not hex".into()))?;
+        Ok((r.req_text(0)?.to_owned(), key))
+    })
+    .await?
+    .ok_or_else(|| StoreError::Corrupt("no store id".into()))
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// The store's current revision.

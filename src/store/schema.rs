@@ -7,7 +7,13 @@ pub(crate) use super::sql::Dialect;
 /// The migrations, one entry per schema version; never change a released
 /// one, add one.
 pub(crate) fn migrations(d: Dialect) -> Vec<String> {
-    vec![version_1(d), version_2(d)]
+    vec![version_1(d), version_2(d), version_3(d)]
+}
+
+/// The key that authenticates this store's snapshot files (SPEC §8): made
+/// at migration, kept only here.
+fn version_3(_d: Dialect) -> String {
+    "ALTER TABLE meta ADD COLUMN snapshot_key TEXT;\n".to_owned()
 }
 
 /// The access log (SPEC §8, Patientdatalagen 4 kap. 3 §): one row for every

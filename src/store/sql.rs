@@ -45,7 +45,8 @@ pub(crate) const SCHEMA_VERSION: &str = "SELECT coalesce(max(version), 0) FROM s
 pub(crate) const MIGRATION_APPLIED: &str = "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)";
 pub(crate) const META_CREATE: &str =
     "INSERT INTO meta (id, store_id, revision) SELECT 1, $1, 0 WHERE NOT EXISTS (SELECT 1 FROM meta)";
-pub(crate) const STORE_ID: &str = "SELECT store_id FROM meta WHERE id = 1";
+pub(crate) const STORE_ID: &str = "SELECT store_id, snapshot_key FROM meta WHERE id = 1";
+pub(crate) const SNAPSHOT_KEY_CREATE: &str = "UPDATE meta SET snapshot_key = $1 WHERE id = 1 AND snapshot_key IS NULL";
 
 pub(crate) const REVISION: &str = "SELECT revision FROM meta WHERE id = 1";
 pub(crate) const NEXT_REVISION: &str = "UPDATE meta SET revision = revision + 1 WHERE id = 1 RETURNING revision";
@@ -162,6 +163,7 @@ mod tests {
     fn placeholders_are_the_only_dollars() {
         for sql in [
             META_CREATE,
+            SNAPSHOT_KEY_CREATE,
             MIGRATION_APPLIED,
             INSERT_CHANGE,
             INSERT_AUDIT,

@@ -47,6 +47,7 @@ impl std::fmt::Debug for SqliteStore {
 struct Db {
     path: PathBuf,
     id: String,
+    key: Vec<u8>,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
 }
@@ -137,12 +138,13 @@ impl SqliteStore {
                 return Err(StoreError::Unavailable(format!("no store at `{}`", path.display())));
             }
             let mut writer = connect(&path, create)?;
-            let id = transaction(&mut writer, TransactionBehavior::Immediate, &runtime, async |tx| {
+            let (id, key) = transaction(&mut writer, TransactionBehavior::Immediate, &runtime, async |tx| {
                 protocol::migrate(tx, at).await
             })?;
             Ok(Db {
                 path,
                 id,
+                key,
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
             })
@@ -162,6 +164,11 @@ impl SqliteStore {
     /// The store's id.
     pub fn id(&self) -> &str {
         &self.db.id
+    }
+
+    /// The snapshot key.
+    pub(crate) fn snapshot_key(&self) -> &[u8] {
+        &self.db.key
     }
 
     /// Runs one write: a transaction on the writer that takes the next
