@@ -287,7 +287,16 @@ impl ListenAddr {
             None => s
                 .parse()
                 .map(ListenAddr::Tcp)
-                .map_err(|_| bad(name, "must be an address such as `127.0.0.1:7072` or `unix:/PATH`")),
+                .map_err(|_| bad(name, "must be an address such as `127.0.0.1:7070` or `unix:/PATH`")),
+        }
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }
 }
@@ -310,8 +319,8 @@ pub enum Source {
 /// defaults. Built by [`ServeFlags::resolve`], without I/O.
 #[derive(Debug)]
 pub struct ServeConfig {
-    /// Where the check listener binds.
-    pub check_addr: SocketAddr,
+    /// Where the check listener binds: TCP, or a Unix socket.
+    pub check_addr: ListenAddr,
     /// Where the admin listener binds.
     pub admin_addr: SocketAddr,
     /// Where Envoy's gRPC ext_authz listens, if anywhere.
@@ -370,7 +379,10 @@ impl ServeFlags {
                 .parse::<SocketAddr>()
                 .map_err(|_| bad(name, format!("must be an address such as `{default}`")))
         };
-        let check_addr = addr(&self.check_addr, &f.check_addr, DEFAULT_CHECK_ADDR, "check_addr")?;
+        let check_addr = ListenAddr::parse(
+            &pick(&self.check_addr, &f.check_addr, DEFAULT_CHECK_ADDR.to_owned()),
+            "check_addr",
+        )?;
         let admin_addr = addr(&self.admin_addr, &f.admin_addr, DEFAULT_ADMIN_ADDR, "admin_addr")?;
         let tls_cert = self
             .admin_tls_cert
@@ -692,6 +704,14 @@ mod tests {
         let c = resolve(&on("unix:/run/ga/grpc.sock"), "").unwrap();
         assert_eq!(c.grpc_addr, Some(ListenAddr::Unix("/run/ga/grpc.sock".into())));
         let c = resolve(&ServeFlags::default(), "[server]\ngrpc_addr = \"unix:/tmp/g.sock\"").unwrap();
+        let check = ServeFlags {
+            check_addr: Some("unix:/run/ga/check.sock".into()),
+            ..ServeFlags::default()
+        };
+        assert_eq!(
+            resolve(&check, "").unwrap().check_addr.to_string(),
+            "unix:/run/ga/check.sock"
+        );
         assert_eq!(c.grpc_addr, Some(ListenAddr::Unix("/tmp/g.sock".into())));
         assert_eq!(resolve(&on("unix:relative.sock"), "").unwrap_err().name, "grpc_addr");
         assert_eq!(resolve(&on("somewhere"), "").unwrap_err().name, "grpc_addr");
@@ -809,7 +829,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "`check_addr`: must be an address such as `127.0.0.1:7070`"
+            "`check_addr`: must be an address such as `127.0.0.1:7070` or `unix:/PATH`"
         );
     }
 }

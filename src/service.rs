@@ -4,7 +4,6 @@
 
 use std::sync::{Arc, OnceLock};
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::error;
@@ -15,7 +14,7 @@ use crate::http::admin::auth::Tokens;
 use crate::http::admin::{self, Admin};
 use crate::http::check::{self, State};
 use crate::http::grpc::{self, GrpcListener};
-use crate::http::listener::{self, ListenerConfig};
+use crate::http::listener::{self, Listener, ListenerConfig};
 use crate::http::metrics::Metrics;
 use crate::http::tls::Tls;
 use crate::node::{Node, NodeConfig, Publication};
@@ -56,8 +55,8 @@ pub struct Service {
 /// Starts serving on `check` and `admin` at once: checks answer `503` and
 /// admin requests `503` until `store` is open and the node has caught up.
 pub fn start(
-    check: TcpListener,
-    admin: TcpListener,
+    check: impl Into<Listener>,
+    admin: impl Into<Listener>,
     store: impl Future<Output = Result<Store, StoreError>> + Send + 'static,
     mut options: Options,
 ) -> Service {
@@ -85,6 +84,7 @@ pub fn start(
     let mut tasks = Vec::new();
 
     let handler_slot = slot.clone();
+    let (check, admin) = (check.into(), admin.into());
     let admin_metrics = metrics.clone();
     let admin_tls = options.admin_tls.clone();
     let admin_listener = options.listener.clone();

@@ -456,3 +456,55 @@ fn import_population_then_check_from_the_store() {
         String::from_utf8_lossy(&missing.stderr)
     );
 }
+
+/// `serve --check-addr unix:/PATH`: the check listener on a Unix socket,
+/// for owner and group only, answering checks.
+#[test]
+fn serve_answers_checks_on_a_unix_socket() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("check.sock");
+    let _guard = Guard(
+        Command::new(env!("CARGO_BIN_EXE_guardian-access"))
+            .args(["serve", "--demo", "--admin-addr", "127.0.0.1:0", "--check-addr"])
+            .arg(format!("unix:{}", socket.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let ask = |req: &str| -> Option<String> {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).ok()?;
+        s.write_all(req.as_bytes()).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    };
+    let mut ready = false;
+    for _ in 0..250 {
+        if ask("GET /readyz HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+            .is_some_and(|a| a.starts_with("HTTP/1.1 200"))
+        {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(ready, "no answer on the socket");
+    assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o660);
+    let body = r#"{"actor": "197701022381", "subject": "201406012383", "service": "journal", "at": "2026-11-23T10:00:00+01:00"}"#;
+    let answer = ask(&format!(
+        "POST /v1/check HTTP/1.1\r\nhost: t\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    ))
+    .unwrap();
+    assert!(answer.contains(r#""reason":"sealed""#), "{answer}");
+}

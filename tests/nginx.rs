@@ -49,7 +49,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_nginx(bin: &Path, port: u16, check_port: u16, upstream_port: u16) -> Nginx {
+fn start_nginx(bin: &Path, port: u16, check: &str, upstream_port: u16) -> Nginx {
     let dir = std::env::temp_dir().join(format!("guardian-access-nginx-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let d = dir.display();
@@ -70,7 +70,7 @@ http {{
     scgi_temp_path {d}/scgi;
 
     upstream guardian_access {{
-        server 127.0.0.1:{check_port};
+        server {check};
         keepalive 8;
     }}
 
@@ -162,14 +162,33 @@ async fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request_forwards_only_what_is_allowed() {
+    through_nginx(false).await;
+}
+
+/// The same through the check listener's Unix socket, the sidecar's
+/// natural transport (`--check-addr unix:/PATH`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_auth_request_works_through_a_unix_socket() {
+    through_nginx(true).await;
+}
+
+async fn through_nginx(unix: bool) {
     let Some(bin) = nginx_binary() else {
         assert!(std::env::var_os("CI").is_none(), "CI must install nginx");
         eprintln!("\n*** SKIPPED nginx end to end: nginx is not installed ***\n");
         return;
     };
 
-    let check = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let check_port = check.local_addr().unwrap().port();
+    let sockets = tempfile::tempdir().unwrap();
+    let (check, upstream_server): (guardian_access::http::listener::Listener, String) = if unix {
+        let path = sockets.path().join("check.sock");
+        let l = tokio::net::UnixListener::bind(&path).unwrap();
+        (l.into(), format!("unix:{}", path.display()))
+    } else {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        (l.into(), format!("127.0.0.1:{port}"))
+    };
     let state = Arc::new(State::detached(
         ListenerConfig::default(),
         "test",
@@ -187,7 +206,7 @@ async fn nginx_auth_request_forwards_only_what_is_allowed() {
     tokio::spawn(upstream(up, seen.clone()));
 
     let port = free_port();
-    let nginx = start_nginx(&bin, port, check_port, upstream_port);
+    let nginx = start_nginx(&bin, port, &upstream_server, upstream_port);
     let mut up_yet = false;
     for _ in 0..200 {
         if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {

@@ -16,6 +16,7 @@ use guardian_access::core::model::{HsaId, RuleId, Settings};
 use guardian_access::fixtures::Scenario;
 use guardian_access::http::admin::auth::{self, Tokens};
 use guardian_access::http::grpc::GrpcListener;
+use guardian_access::http::listener::Listener;
 use guardian_access::http::tls::Tls;
 use guardian_access::node::NodeConfig;
 use guardian_access::service::{self, Options};
@@ -139,19 +140,33 @@ pub fn main(flags: ServeFlags, clock: Clock) -> Result<()> {
         .thread_name("guardian-access")
         .build()?;
     runtime.block_on(async move {
-        let check = tokio::net::TcpListener::bind(config.check_addr)
-            .await
-            .with_context(|| format!("cannot bind the check listener to {}", config.check_addr))?;
+        let (check, check_url) = match &config.check_addr {
+            ListenAddr::Tcp(a) => {
+                let l = tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot bind the check listener to {a}"))?;
+                let url = format!("http://{}", l.local_addr()?);
+                (Listener::Tcp(l), url)
+            }
+            ListenAddr::Unix(path) => {
+                let url = format!("--unix-socket {} http://localhost", path.display());
+                (Listener::Unix(bind_unix(path, "check")?), url)
+            }
+        };
         let admin = tokio::net::TcpListener::bind(config.admin_addr)
             .await
             .with_context(|| format!("cannot bind the admin listener to {}", config.admin_addr))?;
-        let (check_addr, admin_addr) = (check.local_addr()?, admin.local_addr()?);
+        let admin_addr = admin.local_addr()?;
+        let check_addr = match &check {
+            Listener::Tcp(l) => l.local_addr()?.to_string(),
+            Listener::Unix(_) => config.check_addr.to_string(),
+        };
         let grpc = match &config.grpc_addr {
             None => None,
             Some(addr) => Some(bind_grpc(addr).await?),
         };
         match &config.grpc_addr {
-            Some(g) => info!("listening check={check_addr} admin={admin_addr} grpc={}", shown(g)),
+            Some(g) => info!("listening check={check_addr} admin={admin_addr} grpc={g}"),
             None => info!("listening check={check_addr} admin={admin_addr}"),
         }
         if tokens.is_empty() {
@@ -207,7 +222,7 @@ pub fn main(flags: ServeFlags, clock: Clock) -> Result<()> {
         }
         if let Some(tokens) = demo {
             if service.state.cell.wait_for_revision(1, Duration::from_secs(30)).await {
-                print_curl_lines(check_addr, admin_addr, &tokens);
+                print_curl_lines(&check_url, admin_addr, &tokens);
             } else {
                 warn!("the demo store did not load in time");
             }
@@ -251,17 +266,7 @@ async fn reload_on_hangup(tls: Arc<Tls>) {
     }
 }
 
-/// How an address is written in the log.
-fn shown(a: &ListenAddr) -> String {
-    match a {
-        ListenAddr::Tcp(a) => a.to_string(),
-        ListenAddr::Unix(p) => format!("unix:{}", p.display()),
-    }
-}
-
-/// Binds Envoy's gRPC listener. A Unix socket left by an earlier run is
-/// replaced; the new one is readable and writable by owner and group only
-/// (put Envoy in the group).
+/// Binds Envoy's gRPC listener.
 async fn bind_grpc(addr: &ListenAddr) -> Result<GrpcListener> {
     match addr {
         ListenAddr::Tcp(a) => Ok(GrpcListener::Tcp(
@@ -269,17 +274,22 @@ async fn bind_grpc(addr: &ListenAddr) -> Result<GrpcListener> {
                 .await
                 .with_context(|| format!("cannot bind the gRPC listener to {a}"))?,
         )),
-        ListenAddr::Unix(path) => {
-            use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-                std::fs::remove_file(path).with_context(|| format!("cannot replace `{}`", path.display()))?;
-            }
-            let l = tokio::net::UnixListener::bind(path)
-                .with_context(|| format!("cannot bind the gRPC listener to `{}`", path.display()))?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-            Ok(GrpcListener::Unix(l))
-        }
+        ListenAddr::Unix(path) => Ok(GrpcListener::Unix(bind_unix(path, "gRPC")?)),
     }
+}
+
+/// Binds a Unix socket. One left by an earlier run is replaced; the new one
+/// is readable and writable by owner and group only (put the portal's
+/// proxy in the group).
+fn bind_unix(path: &Path, what: &str) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        std::fs::remove_file(path).with_context(|| format!("cannot replace `{}`", path.display()))?;
+    }
+    let l = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot bind the {what} listener to `{}`", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(l)
 }
 
 /// Connects to PostgreSQL, retrying until it answers (the service stops
@@ -319,7 +329,7 @@ async fn shutdown_signal() {
     }
 }
 
-fn print_curl_lines(check: SocketAddr, admin: SocketAddr, tokens: &[(String, Caller)]) {
+fn print_curl_lines(check: &str, admin: SocketAddr, tokens: &[(String, Caller)]) {
     let token = |role: Role| {
         tokens
             .iter()
@@ -329,7 +339,7 @@ fn print_curl_lines(check: SocketAddr, admin: SocketAddr, tokens: &[(String, Cal
     };
     let ask = |actor: &str, subject: &str, service: &str| {
         format!(
-            "curl -s http://{check}/v1/check -d '{{\"actor\": \"{actor}\", \"subject\": \"{subject}\", \"service\": \"{service}\"}}'"
+            "curl -s {check}/v1/check -d '{{\"actor\": \"{actor}\", \"subject\": \"{subject}\", \"service\": \"{service}\"}}'"
         )
     };
     let (registrar, unit, population, auditor) = (
@@ -345,9 +355,9 @@ fn print_curl_lines(check: SocketAddr, admin: SocketAddr, tokens: &[(String, Cal
          # a sealed journal\n{}\n\n\
          # a 13-year-old's journal: extended access for one guardian, at one unit\n{}\n\n\
          # the switch list of a guardian\n\
-         curl -s http://{check}/v1/children -d '{{\"guardian\": \"198501012390\", \"service\": \"journal\"}}'\n\n\
+         curl -s {check}/v1/children -d '{{\"guardian\": \"198501012390\", \"service\": \"journal\"}}'\n\n\
          # for nginx auth_request\n\
-         curl -si http://{check}/v1/authz -H 'x-actor-id: 197701012382' -H 'x-subject-id: 201509162390' -H 'x-service: journal'\n\n\
+         curl -si {check}/v1/authz -H 'x-actor-id: 197701012382' -H 'x-subject-id: 201509162390' -H 'x-service: journal'\n\n\
          # the contact center phones in an urgent block of one guardian (registrar token) ...\n\
          curl -s http://{admin}/v1/restrictions -H 'authorization: Bearer {registrar}' -d '{{\"kind\": \"block\", \"subject\": \"201509162390\", \"guardian\": \"197701012382\", \"issuing_unit\": \"{DEMO_UNIT}\", \"decided_by\": {{\"name\": \"Verksamhetschef\"}}, \"requested_by\": {{\"name\": \"Ssk på BUP\", \"phone\": \"010-000 00 00\"}}, \"basis\": \"Orosanmälan\", \"urgent\": true}}'\n\
          # ... and the same check now answers blocked:\n{}\n\n\
@@ -360,7 +370,7 @@ fn print_curl_lines(check: SocketAddr, admin: SocketAddr, tokens: &[(String, Cal
          curl -s http://{admin}/v1/subjects -H 'x-subject-id: 201509162390' -H 'authorization: Bearer {auditor}'\n\
          curl -s http://{admin}/v1/audit -H 'x-subject-id: 201509162390' -H 'authorization: Bearer {auditor}'\n\n\
          # operations\n\
-         curl -s http://{check}/v1/status; curl -s http://{check}/metrics | head\n",
+         curl -s {check}/v1/status; curl -s {check}/metrics | head\n",
         ask("197701012382", "201509162390", "journal"),
         ask("198001032385", "201801012392", "journal"),
         ask("197701022381", "201406012383", "journal"),

@@ -4,8 +4,6 @@
 //! finish.
 
 use std::convert::Infallible;
-use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +13,8 @@ use hyper::header::HeaderName;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info, warn};
 
@@ -82,7 +81,7 @@ impl Default for ListenerConfig {
 /// (within `header_read_timeout`) with the configuration current when it
 /// arrived.
 pub async fn serve<H, F, B>(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     config: &ListenerConfig,
     metrics: Arc<Metrics>,
     tls: Option<Arc<Tls>>,
@@ -90,6 +89,73 @@ pub async fn serve<H, F, B>(
     handler: H,
 ) -> std::io::Result<()>
 where
+    H: Fn(Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match listener.into() {
+        Listener::Tcp(l) => serve_on(l, config, metrics, tls, shutdown, handler).await,
+        Listener::Unix(l) => serve_on(l, config, metrics, tls, shutdown, handler).await,
+    }
+}
+
+/// A bound listener: TCP, or a Unix socket (the sidecar's natural
+/// transport: only processes on the host, with the socket's group, reach it).
+#[derive(Debug)]
+pub enum Listener {
+    /// A TCP socket.
+    Tcp(TcpListener),
+    /// A Unix socket.
+    Unix(UnixListener),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(l: TcpListener) -> Listener {
+        Listener::Tcp(l)
+    }
+}
+
+impl From<UnixListener> for Listener {
+    fn from(l: UnixListener) -> Listener {
+        Listener::Unix(l)
+    }
+}
+
+/// What the accept loop needs of a listener.
+trait Accept {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The next connection, and how to name its peer in logs.
+    fn next(&self) -> impl Future<Output = std::io::Result<(Self::Stream, String)>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = TcpStream;
+    async fn next(&self) -> std::io::Result<(TcpStream, String)> {
+        let (s, peer) = self.accept().await?;
+        let _ = s.set_nodelay(true);
+        Ok((s, peer.to_string()))
+    }
+}
+
+impl Accept for UnixListener {
+    type Stream = UnixStream;
+    async fn next(&self) -> std::io::Result<(UnixStream, String)> {
+        let (s, _) = self.accept().await?;
+        Ok((s, "unix".to_owned()))
+    }
+}
+
+async fn serve_on<L, H, F, B>(
+    listener: L,
+    config: &ListenerConfig,
+    metrics: Arc<Metrics>,
+    tls: Option<Arc<Tls>>,
+    shutdown: impl Future<Output = ()>,
+    handler: H,
+) -> std::io::Result<()>
+where
+    L: Accept,
     H: Fn(Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Send + 'static,
@@ -104,7 +170,7 @@ where
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = listener.next() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
@@ -121,7 +187,6 @@ where
             drop(stream);
             continue;
         };
-        let _ = stream.set_nodelay(true);
         metrics.connection_opened();
         let handler = handler.clone();
         let service = hyper::service::service_fn(move |req| {
@@ -166,7 +231,7 @@ where
                 conn_metrics.connection_closed();
                 drop(permit);
             }
-            .instrument(tracing::debug_span!("conn", peer = %Peer(peer))),
+            .instrument(tracing::debug_span!("conn", peer = %peer)),
         );
     }
     drop(listener);
@@ -178,15 +243,6 @@ where
         warn!("shutdown grace elapsed; closing remaining connections");
     }
     Ok(())
-}
-
-/// A peer address in logs.
-struct Peer(SocketAddr);
-
-impl fmt::Display for Peer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
 }
 
 pub use idle::IdleTimeout;

@@ -18,7 +18,6 @@ use hyper::body::Body;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request};
 use serde::Serialize;
-use tokio::net::TcpListener;
 use tracing::debug;
 
 use crate::clock::Clock;
@@ -26,7 +25,7 @@ use crate::core::identity::Pid;
 use crate::core::snapshot::Snapshot;
 use crate::core::time::LocalTime;
 use crate::http::error::ApiError;
-use crate::http::listener::{ListenerConfig, serve};
+use crate::http::listener::{Listener, ListenerConfig, serve};
 use crate::http::metrics::{Endpoint, Metrics, SnapshotGauges};
 use crate::http::{Answer, error_answer, json, read_body, respond};
 use crate::node::{Publication, Published};
@@ -129,7 +128,11 @@ impl State {
 
 /// Serves checks on `listener` until `shutdown` resolves, then lets
 /// in-flight requests finish (up to the configured grace) and returns.
-pub async fn run(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+pub async fn run(
+    listener: impl Into<Listener>,
+    state: Arc<State>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let config = state.config.clone();
     let metrics = state.metrics.clone();
     serve(listener, &config, metrics, None, shutdown, move |req| {
