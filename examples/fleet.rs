@@ -58,6 +58,7 @@ async fn run(cluster: &support::pg::Cluster, nodes: usize, writes: usize) {
         name: "bench".into(),
         role: Role::Population,
         unit: None,
+        hsa_id: None,
     };
     store.import(rx, &by).await.unwrap();
 

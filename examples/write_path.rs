@@ -186,6 +186,7 @@ async fn main() {
         name: "bench".into(),
         role: Role::Registrar,
         unit: None,
+        hsa_id: None,
     };
 
     let unit = HsaId::parse(support::UNIT).unwrap();
@@ -334,6 +335,7 @@ async fn main() {
         name: "bench".into(),
         role: Role::Registrar,
         unit: None,
+        hsa_id: None,
     };
     let every_kid: Vec<guardian_access::Pid> = all_kids
         .iter()
@@ -439,6 +441,7 @@ async fn import_file(store: &Store, file: &Path) -> guardian_access::store::Impo
         name: "bench".into(),
         role: Role::Population,
         unit: None,
+        hsa_id: None,
     };
     let imported = store.import(rx, &by).await.unwrap();
     reader.await.unwrap();

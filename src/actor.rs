@@ -33,6 +33,7 @@ impl Caller {
             name: format!("command line ({user})"),
             role: Role::Operator,
             unit: None,
+            hsa_id: None,
         }
     }
 }
@@ -72,4 +73,7 @@ pub struct Caller {
     pub role: Role,
     /// For `unit` tokens, the unit.
     pub unit: Option<HsaId>,
+    /// A person identified by a client certificate (SITHS): their HSA-ID,
+    /// recorded with every write and read they make.
+    pub hsa_id: Option<HsaId>,
 }

@@ -101,6 +101,8 @@ pub struct ServerFile {
     pub admin_tls_key: Option<String>,
     /// Plain HTTP on a non-loopback admin address, on purpose.
     pub admin_insecure: Option<bool>,
+    /// The CA of staff's client certificates (PEM).
+    pub admin_client_ca: Option<String>,
     /// The embedded store and snapshot files.
     pub data_dir: Option<String>,
     /// The admin tokens file.
@@ -207,6 +209,11 @@ pub struct ServeFlags {
     /// The admin listener's TLS private key (PEM).
     #[arg(long, env = "GUARDIAN_ACCESS_ADMIN_TLS_KEY")]
     pub admin_tls_key: Option<PathBuf>,
+    /// The CA of staff's client certificates (PEM, e.g. SITHS): with it the
+    /// admin listener asks for one, and its HSA-ID names the person
+    /// (`identities` in the tokens file). Needs the admin TLS files.
+    #[arg(long, env = "GUARDIAN_ACCESS_ADMIN_CLIENT_CA")]
+    pub admin_client_ca: Option<PathBuf>,
     /// Serve the admin API as plain HTTP on a non-loopback address anyway
     /// (tokens and personal data cross the network in clear).
     #[arg(long, env = "GUARDIAN_ACCESS_ADMIN_INSECURE")]
@@ -392,8 +399,15 @@ impl ServeFlags {
             .admin_tls_key
             .clone()
             .or_else(|| f.admin_tls_key.as_ref().map(PathBuf::from));
+        let client_ca = self
+            .admin_client_ca
+            .clone()
+            .or_else(|| f.admin_client_ca.as_ref().map(PathBuf::from));
         let admin_tls = match (tls_cert, tls_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key, client_ca }),
+            (None, None) if client_ca.is_some() => {
+                return Err(bad("admin_client_ca", "needs `admin_tls_cert` and `admin_tls_key`"));
+            }
             (None, None) => None,
             (Some(_), None) => return Err(bad("admin_tls_key", "is required with `admin_tls_cert`")),
             (None, Some(_)) => return Err(bad("admin_tls_cert", "is required with `admin_tls_key`")),

@@ -38,22 +38,62 @@ fn certificates(dir: &Path, name: &str) -> (TlsFiles, CertificateDer<'static>) {
     let files = TlsFiles {
         cert: dir.join(format!("{name}-cert.pem")),
         key: dir.join(format!("{name}-key.pem")),
+        client_ca: None,
     };
     std::fs::write(&files.cert, cert.pem()).unwrap();
     std::fs::write(&files.key, key.serialize_pem()).unwrap();
     (files, ca.der().clone())
 }
 
-fn client_config(ca: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
+/// A client certificate: its chain and key.
+type ClientId = (Vec<CertificateDer<'static>>, rustls_pki_types::PrivateKeyDer<'static>);
+
+fn client_config(ca: &CertificateDer<'static>, id: Option<&ClientId>) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    Arc::new(match id {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder.with_client_auth_cert(chain.clone(), key.clone_key()).unwrap(),
+    })
+}
+
+/// A staff CA (as SITHS issues cards), and a way to issue client
+/// certificates from it with a subject `serialNumber`.
+struct StaffCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl StaffCa {
+    fn new(dir: &Path) -> (StaffCa, std::path::PathBuf) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Test staff CA");
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let path = dir.join("staff-ca.pem");
+        std::fs::write(&path, issuer.pem()).unwrap();
+        (StaffCa { issuer }, path)
+    }
+
+    fn card(&self, serial_number: Option<&str>) -> ClientId {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "A person");
+        if let Some(s) = serial_number {
+            // 2.5.4.5 serialNumber: where a SITHS card carries the HSA-ID.
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 5]), s);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        (vec![cert.der().clone()], key)
+    }
 }
 
 /// One HTTPS request; an error if the handshake or the exchange fails.
@@ -64,8 +104,19 @@ async fn https(
     path: &str,
     body: &str,
 ) -> Result<(u16, String), Box<dyn std::error::Error + Send + Sync>> {
+    https_as(addr, ca, None, token, path, body).await
+}
+
+async fn https_as(
+    addr: std::net::SocketAddr,
+    ca: &CertificateDer<'static>,
+    id: Option<&ClientId>,
+    token: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), Box<dyn std::error::Error + Send + Sync>> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let connector = tokio_rustls::TlsConnector::from(client_config(ca));
+    let connector = tokio_rustls::TlsConnector::from(client_config(ca, id));
     let stream = connector.connect(ServerName::try_from("127.0.0.1")?, tcp).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
@@ -133,6 +184,83 @@ async fn the_admin_api_is_served_over_tls_and_reloads_its_certificate() {
         https(i.admin, &new_ca, AUDITOR, "/v1/subjects/201509162390", "")
             .await
             .is_ok()
+    );
+    i.stop().await;
+}
+
+/// Staff identified by their card (a client certificate with their HSA-ID
+/// in the subject's `serialNumber`): writes as their unit only, recorded
+/// with their name and HSA-ID; an unknown or unnamed card is `401`;
+/// systems without a card still use their tokens.
+#[tokio::test]
+async fn client_certificates_name_the_person_who_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut files, ca) = certificates(dir.path(), "server");
+    let (staff, staff_pem) = StaffCa::new(dir.path());
+    files.client_ca = Some(staff_pem);
+    let tls = Arc::new(Tls::load(files).unwrap());
+    let store = Store::open_sqlite(&dir.path().join("data")).await.unwrap();
+    let i = support::Instance::start_tls(store, quick_node(None), tls).await;
+    let family = r#"{"id": "201509162390", "protected": false, "guardians": ["197701012382"]}"#;
+    // A system, without a card: its token.
+    let (status, body) = https(i.admin, &ca, POPULATION, "/v1/population", family).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    let anna = staff.card(Some(support::PERSON));
+    let block = |unit: &str| {
+        format!(
+            r#"{{"kind": "block", "subject": "201509162390", "guardian": "197701012382", "issuing_unit": "{unit}",
+                "decided_by": {{"name": "Anna Andersson"}}, "basis": "Orosanmälan"}}"#
+        )
+    };
+    // No token is needed with a card.
+    let (status, body) = https_as(i.admin, &ca, Some(&anna), "", "/v1/restrictions", &block(support::UNIT))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = https_as(
+        i.admin,
+        &ca,
+        Some(&anna),
+        "",
+        "/v1/restrictions",
+        &block(support::OTHER_UNIT),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("wrong_unit"));
+    // The audit trail names the person, with their HSA-ID.
+    let (_, audit) = https(i.admin, &ca, AUDITOR, "/v1/audit?subject=201509162390", "")
+        .await
+        .unwrap();
+    let audit: serde_json::Value = serde_json::from_str(&audit).unwrap();
+    let write = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "create_restriction")
+        .unwrap();
+    assert_eq!(
+        (write["by"].as_str(), write["hsa_id"].as_str()),
+        (Some("Anna Andersson"), Some(support::PERSON))
+    );
+
+    // A card of someone unknown, or one without an HSA-ID: 401, even with a token.
+    for card in [staff.card(Some("SE2321000131-P000000000099")), staff.card(None)] {
+        let (status, body) = https_as(i.admin, &ca, Some(&card), AUDITOR, "/v1/subjects/201509162390", "")
+            .await
+            .unwrap();
+        assert_eq!(status, 401, "{body}");
+    }
+    // A card from another CA does not get past the handshake.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (other_ca, _) = StaffCa::new(elsewhere.path());
+    let forged = other_ca.card(Some(support::PERSON));
+    assert!(
+        https_as(i.admin, &ca, Some(&forged), "", "/v1/subjects/201509162390", "")
+            .await
+            .is_err()
     );
     i.stop().await;
 }

@@ -372,6 +372,7 @@ async fn import_population(file: PathBuf, store: StoreArgs, clock: &Clock) -> Re
         name: "import-population (command line)".into(),
         role: Role::Population,
         unit: None,
+        hsa_id: None,
     };
     let imported = store.import(rx, &by).await;
     reader.await??;

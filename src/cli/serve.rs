@@ -68,6 +68,7 @@ fn demo_tokens() -> Result<Vec<(String, Caller)>> {
                     name: name.to_owned(),
                     role,
                     unit,
+                    hsa_id: None,
                 },
             )
         })
@@ -96,6 +97,7 @@ async fn seed(store: &Store, scenario: &Scenario) -> Result<()> {
         name: "scenario seed".into(),
         role: Role::Registrar,
         unit: None,
+        hsa_id: None,
     };
     store.seed(persons, rules, &by).await?;
     Ok(())

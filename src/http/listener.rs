@@ -19,7 +19,8 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::http::metrics::Metrics;
-use crate::http::tls::Tls;
+use crate::http::tls::{ClientCert, Tls};
+use hyper::service::Service as _;
 
 /// The header names `GET /v1/authz` reads.
 #[derive(Debug, Clone)]
@@ -211,6 +212,20 @@ where
                     }
                     Some(tls) => match tokio::time::timeout(handshake, tls.acceptor().accept(stream)).await {
                         Ok(Ok(stream)) => {
+                            // A verified client certificate names its holder
+                            // on every request of the connection.
+                            let cert = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|c| ClientCert::of(c));
+                            let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                                if let Some(c) = &cert {
+                                    req.extensions_mut().insert(c.clone());
+                                }
+                                service.call(req)
+                            });
                             watcher
                                 .watch(http.serve_connection(TokioIo::new(IdleTimeout::new(stream, idle)), service))
                                 .await

@@ -8,9 +8,12 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
+
+use crate::core::model::HsaId;
 
 /// Why the certificate or key cannot be used; the message names the file,
 /// never its contents.
@@ -31,6 +34,39 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// The private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// The CA that issues staff's client certificates (SITHS): with it,
+    /// clients are asked for a certificate and one presented must verify.
+    /// Systems without one still use bearer tokens.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// What a connection's verified client certificate says: the HSA-ID of its
+/// holder (subject `serialNumber`, as on SITHS cards, or a URI SAN), or
+/// `None` when it carries none. Put into each request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert(pub Option<HsaId>);
+
+impl ClientCert {
+    /// Reads the holder's HSA-ID from a certificate (DER).
+    pub fn of(der: &[u8]) -> ClientCert {
+        use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+        let Ok((_, cert)) = X509Certificate::from_der(der) else {
+            return ClientCert(None);
+        };
+        let serial = cert
+            .subject()
+            .iter_by_oid(&x509_parser::oid_registry::OID_X509_SERIALNUMBER)
+            .find_map(|a| a.as_str().ok().and_then(|s| HsaId::parse(s).ok()));
+        let uri = || {
+            cert.subject_alternative_name().ok().flatten().and_then(|san| {
+                san.value.general_names.iter().find_map(|n| match n {
+                    GeneralName::URI(u) => u.rsplit(':').next().and_then(|s| HsaId::parse(s).ok()),
+                    _ => None,
+                })
+            })
+        };
+        ClientCert(serial.or_else(uri))
+    }
 }
 
 fn read_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
@@ -43,10 +79,30 @@ fn read_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|_| TlsError::File(files.key.clone(), "holds no private key in PEM"))?;
-    let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in
+                CertificateDer::pem_file_iter(ca).map_err(|_| TlsError::File(ca.clone(), "cannot be read as PEM"))?
+            {
+                let c = c.map_err(|_| TlsError::File(ca.clone(), "holds a damaged certificate"))?;
+                roots
+                    .add(c)
+                    .map_err(|_| TlsError::File(ca.clone(), "holds a certificate that is not a CA"))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

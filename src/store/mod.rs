@@ -180,8 +180,10 @@ pub struct AuditEntry {
     pub revision: u64,
     /// When it was committed.
     pub at: Instant,
-    /// The token name.
+    /// The token name, or the person's name.
     pub actor: String,
+    /// The person's HSA-ID, when a client certificate identified them.
+    pub hsa_id: Option<String>,
     /// The token's role.
     pub role: String,
     /// `create_restriction`, `create_grant`, `confirm`, `lift`, `population`, `seed`.

@@ -244,6 +244,7 @@ pub(crate) async fn record<T: Tx>(
             opt_pid(record.subject)?,
             Param::Int(record.rule_id.map(wide).transpose()?),
             text(&detail),
+            Param::Text(record.by.hsa_id.as_ref().map(HsaId::as_str)),
         ],
     )
     .await?;
@@ -504,8 +505,9 @@ pub(crate) async fn audit_of<T: Tx>(tx: &mut T, subject: Pid) -> Result<Vec<Audi
     let key = [pid(subject)?];
     // Both queries start with the audit row's revision, at, actor, role and
     // action; then the rule id and detail, or the person's record as it was.
-    let entry = |r: &dyn Row, rule_id: Option<u64>, detail: Value| -> Result<AuditEntry, StoreError> {
+    let entry = |r: &dyn Row, rule_id: Option<u64>, detail: Value, hsa: usize| -> Result<AuditEntry, StoreError> {
         Ok(AuditEntry {
+            hsa_id: r.text(hsa)?.map(str::to_owned),
             revision: narrow(r.req_int(0)?)?,
             at: Instant::from_nanos(r.req_int(1)?),
             actor: r.req_text(2)?.to_owned(),
@@ -519,7 +521,7 @@ pub(crate) async fn audit_of<T: Tx>(tx: &mut T, subject: Pid) -> Result<Vec<Audi
     let mut out = tx
         .all(sql::AUDIT_OF, &key, |r| {
             let rule_id = r.int(5)?.map(narrow).transpose()?;
-            entry(r, rule_id, parse_json(r.req_text(6)?)?)
+            entry(r, rule_id, parse_json(r.req_text(6)?)?, 7)
         })
         .await?;
     let history = tx
@@ -530,7 +532,7 @@ pub(crate) async fn audit_of<T: Tx>(tx: &mut T, subject: Pid) -> Result<Vec<Audi
                 "protected": r.flag(6)?,
                 "guardians": guardians,
             });
-            entry(r, None, record)
+            entry(r, None, record, 8)
         })
         .await?;
     out.extend(history);
@@ -606,7 +608,7 @@ pub(crate) async fn record_access<T: Tx>(tx: &mut T, at: Instant, access: &Acces
             &[
                 instant(Some(at)),
                 text(&access.by.name),
-                Param::Text(None),
+                Param::Text(access.by.hsa_id.as_ref().map(HsaId::as_str)),
                 text(access.by.role.as_str()),
                 text(access.action),
                 text(&subjects),

@@ -7,7 +7,13 @@ pub(crate) use super::sql::Dialect;
 /// The migrations, one entry per schema version; never change a released
 /// one, add one.
 pub(crate) fn migrations(d: Dialect) -> Vec<String> {
-    vec![version_1(d), version_2(d), version_3(d)]
+    vec![version_1(d), version_2(d), version_3(d), version_4(d)]
+}
+
+/// Writes by people identified by a client certificate record their HSA-ID
+/// beside their name (SPEC §8).
+fn version_4(_d: Dialect) -> String {
+    "ALTER TABLE audit ADD COLUMN actor_hsa_id TEXT;\n".to_owned()
 }
 
 /// The key that authenticates this store's snapshot files (SPEC §8): made

@@ -52,8 +52,8 @@ pub(crate) const REVISION: &str = "SELECT revision FROM meta WHERE id = 1";
 pub(crate) const NEXT_REVISION: &str = "UPDATE meta SET revision = revision + 1 WHERE id = 1 RETURNING revision";
 pub(crate) const INSERT_CHANGE: &str =
     "INSERT INTO changes (revision, at, kind, persons, rules) VALUES ($1, $2, $3, $4, $5)";
-pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit (revision, at, actor, role, action, subject, rule_id, detail) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit (revision, at, actor, role, action, subject, rule_id, detail, \
+     actor_hsa_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 pub(crate) const INSERT_RULE: &str = "INSERT INTO rules (id, kind, subject, guardian, services, valid_from, \
      valid_until, lifted_at, care_units, issuing_unit, decided_by, requested_by, basis, urgent, reference, \
@@ -97,10 +97,10 @@ pub(crate) const RULES_OF: &str = concat!(
     rule_columns!(),
     " FROM rules WHERE subject = $1 ORDER BY valid_from, id"
 );
-pub(crate) const AUDIT_OF: &str = "SELECT revision, at, actor, role, action, rule_id, detail FROM audit \
-     WHERE subject = $1 ORDER BY revision";
+pub(crate) const AUDIT_OF: &str = "SELECT revision, at, actor, role, action, rule_id, detail, actor_hsa_id \
+     FROM audit WHERE subject = $1 ORDER BY revision";
 pub(crate) const POPULATION_AUDIT_OF: &str = "SELECT h.revision, a.at, a.actor, a.role, a.action, h.birth_date, \
-     h.protected, h.guardians FROM person_history h JOIN audit a ON a.revision = h.revision \
+     h.protected, h.guardians, a.actor_hsa_id FROM person_history h JOIN audit a ON a.revision = h.revision \
      WHERE h.id = $1 ORDER BY h.revision";
 
 /// A person's record as it stood at a revision: their last history row at

@@ -26,6 +26,7 @@ pub fn registrar() -> Caller {
         name: "Kontaktcenter".into(),
         role: Role::Registrar,
         unit: None,
+        hsa_id: None,
     }
 }
 

@@ -46,6 +46,7 @@ pub fn tokens() -> Tokens {
         name: name.into(),
         role,
         unit: unit.map(|u| HsaId::parse(u).unwrap()),
+        hsa_id: None,
     };
     Tokens::from_list(vec![
         (REGISTRAR.into(), caller("Kontaktcenter", Role::Registrar, None)),
@@ -58,7 +59,17 @@ pub fn tokens() -> Tokens {
         (AUDITOR.into(), caller("Spärr och logg", Role::Auditor, None)),
         (PEER.into(), caller("Peer", Role::Peer, None)),
     ])
+    .with_identities(vec![Caller {
+        name: "Anna Andersson".into(),
+        role: Role::Unit,
+        unit: Some(HsaId::parse(UNIT).unwrap()),
+        hsa_id: Some(HsaId::parse(PERSON).unwrap()),
+    }])
 }
+
+/// The HSA-ID of the person (a unit's head) whose client certificate the
+/// tests make.
+pub const PERSON: &str = "SE2321000131-P000000000001";
 
 /// The tokens as a file, for the binary.
 pub fn tokens_file(dir: &Path) -> PathBuf {

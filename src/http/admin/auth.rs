@@ -16,11 +16,26 @@ use crate::core::model::HsaId;
 /// Shorter tokens are refused: they could be guessed.
 pub const MIN_TOKEN_LEN: usize = 24;
 
-/// The tokens file as written.
+/// The tokens file as written: bearer tokens for systems, and the people
+/// client certificates identify, by HSA-ID.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokensFile {
+    #[serde(default)]
     tokens: Vec<TokenEntry>,
+    #[serde(default)]
+    identities: Vec<IdentityEntry>,
+}
+
+/// A person a client certificate identifies.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityEntry {
+    hsa_id: String,
+    name: String,
+    role: String,
+    #[serde(default)]
+    unit: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -50,18 +65,34 @@ pub enum TokensError {
     /// One entry is wrong.
     #[error("`tokens[{0}].{1}`: {2}")]
     Entry(usize, &'static str, &'static str),
+    /// One identity is wrong.
+    #[error("`identities[{0}].{1}`: {2}")]
+    Identity(usize, &'static str, &'static str),
 }
 
 /// The known tokens.
 #[derive(Default)]
 pub struct Tokens {
     entries: Vec<([u8; 32], Caller)>,
+    identities: Vec<Caller>,
 }
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokens").field("count", &self.entries.len()).finish()
     }
+}
+
+/// A role and, for `unit`, its unit; the field and what is wrong otherwise.
+fn role_and_unit(role: &str, unit: Option<&str>) -> Result<(Role, Option<HsaId>), (&'static str, &'static str)> {
+    let role = Role::parse(role).ok_or(("role", "must be `registrar`, `unit`, `population`, `auditor` or `peer`"))?;
+    let unit = match (role, unit) {
+        (Role::Unit, Some(u)) => Some(HsaId::parse(u).map_err(|_| ("unit", "must be an HSA-ID"))?),
+        (Role::Unit, None) => return Err(("unit", "is required for the `unit` role")),
+        (_, Some(_)) => return Err(("unit", "is only for the `unit` role")),
+        (_, None) => None,
+    };
+    Ok((role, unit))
 }
 
 fn digest(token: &[u8]) -> [u8; 32] {
@@ -91,16 +122,7 @@ impl Tokens {
             if e.name.trim().is_empty() || e.name.len() > 200 {
                 return Err(bad("name", "must be 1 to 200 characters"));
             }
-            let role = Role::parse(&e.role).ok_or(bad(
-                "role",
-                "must be `registrar`, `unit`, `population`, `auditor` or `peer`",
-            ))?;
-            let unit = match (role, e.unit.as_deref()) {
-                (Role::Unit, Some(u)) => Some(HsaId::parse(u).map_err(|_| bad("unit", "must be an HSA-ID"))?),
-                (Role::Unit, None) => return Err(bad("unit", "is required for the `unit` role")),
-                (_, Some(_)) => return Err(bad("unit", "is only for the `unit` role")),
-                (_, None) => None,
-            };
+            let (role, unit) = role_and_unit(&e.role, e.unit.as_deref()).map_err(|(f, w)| bad(f, w))?;
             let d = digest(e.token.as_bytes());
             if tokens.entries.iter().any(|(known, _)| *known == d) {
                 return Err(bad("token", "is the same as an earlier entry's"));
@@ -111,16 +133,46 @@ impl Tokens {
                     name: e.name,
                     role,
                     unit,
+                    hsa_id: None,
                 },
             ));
         }
+        for (i, e) in file.identities.into_iter().enumerate() {
+            let bad = |field, what| TokensError::Identity(i, field, what);
+            let hsa_id = HsaId::parse(&e.hsa_id).map_err(|_| bad("hsa_id", "must be an HSA-ID"))?;
+            if e.name.trim().is_empty() || e.name.len() > 200 {
+                return Err(bad("name", "must be 1 to 200 characters"));
+            }
+            let (role, unit) = role_and_unit(&e.role, e.unit.as_deref()).map_err(|(f, w)| bad(f, w))?;
+            if matches!(role, Role::Population | Role::Peer) {
+                return Err(bad(
+                    "role",
+                    "people are `registrar`, `unit` or `auditor`; systems use tokens",
+                ));
+            }
+            if tokens.identities.iter().any(|c| c.hsa_id.as_ref() == Some(&hsa_id)) {
+                return Err(bad("hsa_id", "is the same as an earlier entry's"));
+            }
+            tokens.identities.push(Caller {
+                name: e.name,
+                role,
+                unit,
+                hsa_id: Some(hsa_id),
+            });
+        }
         Ok(tokens)
+    }
+
+    /// The person a verified client certificate with `hsa_id` belongs to.
+    pub fn identity(&self, hsa_id: &HsaId) -> Option<&Caller> {
+        self.identities.iter().find(|c| c.hsa_id.as_ref() == Some(hsa_id))
     }
 
     /// Tokens from a list, for `--demo` and tests.
     pub fn from_list(list: Vec<(String, Caller)>) -> Tokens {
         Tokens {
             entries: list.into_iter().map(|(t, c)| (digest(t.as_bytes()), c)).collect(),
+            identities: Vec::new(),
         }
     }
 
@@ -131,7 +183,15 @@ impl Tokens {
 
     /// Whether there are none (every admin request is then refused).
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.identities.is_empty()
+    }
+
+    /// These tokens, and the people client certificates identify (for tests
+    /// and `--demo`).
+    pub fn with_identities(mut self, people: Vec<Caller>) -> Tokens {
+        self.identities
+            .extend(people.into_iter().filter(|c| c.hsa_id.is_some()));
+        self
     }
 
     /// The holder of `token`, if it is known.

@@ -51,6 +51,7 @@ use crate::core::people::PersonRecord;
 use crate::core::time::{self, Instant};
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::metrics::{Endpoint, Metrics};
+use crate::http::tls::ClientCert;
 use crate::http::{error_answer, read_body, respond};
 use crate::ndjson;
 use crate::node::Node;
@@ -118,6 +119,14 @@ fn forbidden(role: Role) -> ApiError {
     ApiError::new(
         ErrorCode::Forbidden,
         format!("the `{}` role may not do this", role.as_str()),
+        None,
+    )
+}
+
+fn unknown_person() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unauthorized,
+        "the client certificate names no one this service knows (`identities` in the tokens file)",
         None,
     )
 }
@@ -195,11 +204,17 @@ pub async fn handle(admin: &Admin, req: Request<Incoming>) -> AdminAnswer {
 }
 
 async fn route(admin: &Admin, req: Request<Incoming>) -> Result<AdminAnswer, ApiError> {
-    let caller = admin
-        .tokens
-        .authenticate(req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes))
-        .ok_or_else(unauthorized)?
-        .clone();
+    // A person is named by their verified client certificate; a system by
+    // its bearer token.
+    let caller = match req.extensions().get::<ClientCert>() {
+        Some(ClientCert(Some(hsa_id))) => admin.tokens.identity(hsa_id).ok_or_else(unknown_person)?.clone(),
+        Some(ClientCert(None)) => return Err(unknown_person()),
+        None => admin
+            .tokens
+            .authenticate(req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes))
+            .ok_or_else(unauthorized)?
+            .clone(),
+    };
     let path = req.uri().path().to_owned();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let reading = Reading {

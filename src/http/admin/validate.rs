@@ -493,6 +493,7 @@ mod tests {
             name: "Kontaktcenter".into(),
             role: Role::Registrar,
             unit: None,
+            hsa_id: None,
         }
     }
 
@@ -575,6 +576,7 @@ mod tests {
             name: "Barnahus".into(),
             role: Role::Unit,
             unit: Some(HsaId::parse("SE2321000131-E000000000002").unwrap()),
+            hsa_id: None,
         };
         let e = new_rule(&body(block()), &other, Family::Restriction, at(), &tz()).unwrap_err();
         assert_eq!((e.code, e.status()), (ErrorCode::WrongUnit, 403));
@@ -608,6 +610,7 @@ mod tests {
             name: "BUP".into(),
             role: Role::Unit,
             unit: Some(HsaId::parse(UNIT).unwrap()),
+            hsa_id: None,
         };
         let lift =
             json!({"issuing_unit": UNIT, "decided_by": {"name": "X"}, "basis": "b", "threat_assessment_done": true});
@@ -627,6 +630,7 @@ mod tests {
             name: "BUP".into(),
             role: Role::Unit,
             unit: Some(HsaId::parse(UNIT).unwrap()),
+            hsa_id: None,
         };
         let grant = |units: Value| {
             body(json!({

@@ -224,6 +224,8 @@ pub struct AuditEntryView<'a> {
     revision: u64,
     at: String,
     by: &'a str,
+    /// The writer's HSA-ID, when a client certificate identified them.
+    hsa_id: Option<&'a str>,
     role: &'a str,
     action: &'a str,
     rule_id: Option<String>,
@@ -249,6 +251,7 @@ impl<'a> AuditView<'a> {
                     revision: e.revision,
                     at: local(e.at, tz),
                     by: &e.actor,
+                    hsa_id: e.hsa_id.as_deref(),
                     role: &e.role,
                     action: &e.action,
                     rule_id: e.rule_id.map(|i| i.to_string()),
