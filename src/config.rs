@@ -103,6 +103,8 @@ pub struct ServerFile {
     pub admin_insecure: Option<bool>,
     /// The CA of staff's client certificates (PEM).
     pub admin_client_ca: Option<String>,
+    /// The CA of the peers' admin certificates (PEM).
+    pub peer_ca: Option<String>,
     /// The embedded store and snapshot files.
     pub data_dir: Option<String>,
     /// The admin tokens file.
@@ -238,6 +240,9 @@ pub struct ServeFlags {
     /// `GUARDIAN_ACCESS_PEER_TOKEN`.
     #[arg(long = "peer")]
     pub peers: Vec<String>,
+    /// The CA of the peers' admin certificates (PEM), for `https` peers.
+    #[arg(long, env = "GUARDIAN_ACCESS_PEER_CA")]
+    pub peer_ca: Option<PathBuf>,
     /// Milliseconds without contact with PostgreSQL before checks answer 503 [default: 30000].
     #[arg(long, env = "GUARDIAN_ACCESS_MAX_STALENESS_MS")]
     pub max_staleness_ms: Option<u64>,
@@ -525,6 +530,13 @@ impl ServeFlags {
             self.peers.clone()
         };
         let peer_token = peer_token.unwrap_or_default();
+        let peer_ca = self.peer_ca.clone().or_else(|| f.peer_ca.as_ref().map(PathBuf::from));
+        if peers.iter().any(|p| p.starts_with("https://")) && peer_ca.is_none() {
+            return Err(bad(
+                "peer_ca",
+                "is required for `https` peers: the CA of the fleet's admin certificates",
+            ));
+        }
         if !peers.is_empty() && peer_token.is_empty() {
             return Err(bad(
                 "peers",
@@ -542,6 +554,7 @@ impl ServeFlags {
                 .map(|url| Peer {
                     url,
                     token: peer_token.to_owned(),
+                    ca: peer_ca.clone(),
                 })
                 .collect(),
             ..node_defaults
@@ -829,6 +842,14 @@ mod tests {
             ..d()
         };
         assert_eq!(name(peers.clone(), ""), "peers");
+        let https = ServeFlags {
+            peers: vec!["https://10.0.0.2:7071".into()],
+            ..d()
+        };
+        let e = https
+            .resolve(&ConfigFile::default(), Some("a-peer-token-0000000000000"))
+            .unwrap_err();
+        assert_eq!(e.name, "peer_ca");
         let c = peers
             .resolve(&ConfigFile::default(), Some("a-peer-token-0000000000000"))
             .unwrap();

@@ -450,6 +450,7 @@ async fn a_late_joiner_starts_from_a_peers_snapshot_file() {
         peers: vec![Peer {
             url: format!("http://{}", first.admin),
             token: PEER.into(),
+            ca: None,
         }],
         ..node(Some(joiner_dir.path().to_owned()), Duration::from_secs(60))
     };
@@ -472,6 +473,7 @@ async fn a_late_joiner_starts_from_a_peers_snapshot_file() {
         peers: vec![Peer {
             url: format!("http://{}", first.admin),
             token: "not-a-peer-token-00000000000000".into(),
+            ca: None,
         }],
         ..node(Some(other_dir.path().to_owned()), Duration::from_secs(60))
     };

@@ -42,6 +42,7 @@ fn certificates(dir: &Path, name: &str) -> (TlsFiles, CertificateDer<'static>) {
     };
     std::fs::write(&files.cert, cert.pem()).unwrap();
     std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    std::fs::write(dir.join(format!("{name}-ca.pem")), ca.pem()).unwrap();
     (files, ca.der().clone())
 }
 
@@ -259,6 +260,47 @@ async fn client_certificates_name_the_person_who_writes() {
     let forged = other_ca.card(Some(support::PERSON));
     assert!(
         https_as(i.admin, &ca, Some(&forged), "", "/v1/subjects/201509162390", "")
+            .await
+            .is_err()
+    );
+    i.stop().await;
+}
+
+/// A new instance fetches a peer's snapshot file over HTTPS, trusting only
+/// the fleet's CA (`--peer-ca`), and the file is authenticated by the
+/// store's key before it is used.
+#[tokio::test]
+async fn a_snapshot_file_comes_from_a_peer_over_https() {
+    use guardian_access::node::Peer;
+    use guardian_access::node::peer::{PeerError, fetch};
+    let dir = tempfile::tempdir().unwrap();
+    let (files, _) = certificates(dir.path(), "fleet");
+    let tls = Arc::new(Tls::load(files).unwrap());
+    let data = dir.path().join("data");
+    let store = Store::open_sqlite(&data).await.unwrap();
+    let i = support::Instance::start_tls(store, quick_node(Some(data.clone())), tls).await;
+    for _ in 0..200 {
+        if data.join("snapshot").exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let peer = |ca: Option<std::path::PathBuf>| Peer {
+        url: format!("https://127.0.0.1:{}", i.admin.port()),
+        token: support::PEER.into(),
+        ca,
+    };
+    let dest = dir.path().join("fetched");
+    fetch(&peer(Some(dir.path().join("fleet-ca.pem"))), &dest)
+        .await
+        .unwrap();
+    let store = i.service.node().unwrap().store();
+    let settings = Arc::new(Default::default());
+    guardian_access::node::snapfile::read(&dest, store.id(), store.snapshot_key(), settings).unwrap();
+    assert!(matches!(fetch(&peer(None), &dest).await, Err(PeerError::NoCa)));
+    let (_, _) = certificates(dir.path(), "stranger");
+    assert!(
+        fetch(&peer(Some(dir.path().join("stranger-ca.pem"))), &dest)
             .await
             .is_err()
     );

@@ -82,10 +82,14 @@ impl Default for NodeConfig {
 /// Another instance to fetch a snapshot file from.
 #[derive(Clone)]
 pub struct Peer {
-    /// `http://host:port` of its admin listener.
+    /// `https://host:port` (or `http://` on a private network) of its admin
+    /// listener.
     pub url: String,
     /// A `peer` token valid there.
     pub token: String,
+    /// The CA that issued the peers' admin certificates (`--peer-ca`),
+    /// needed for `https`.
+    pub ca: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Peer {

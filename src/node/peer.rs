@@ -7,6 +7,7 @@
 //! any other (checksum, store id, settings) before anything is served.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,9 +24,15 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 /// Why a snapshot file could not be fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    /// The URL is not `http://host[:port]`.
-    #[error("`peers`: must be an http URL such as `http://10.0.0.2:7071`")]
+    /// The URL is not `http(s)://host[:port]`.
+    #[error("`peers`: must be a URL such as `https://10.0.0.2:7071`")]
     Url,
+    /// An `https` peer without `--peer-ca`.
+    #[error("`peer_ca`: an https peer needs the fleet's CA")]
+    NoCa,
+    /// The CA file cannot be used.
+    #[error("`peer_ca`: cannot be read as PEM CA certificates")]
+    Ca,
     /// Connecting, sending or receiving failed.
     #[error("transfer failed: {0}")]
     Transfer(String),
@@ -52,20 +59,58 @@ async fn fetch_inner(peer: &Peer, dest: &Path) -> Result<(), PeerError> {
     let uri: Uri = format!("{}/v1/snapshot", peer.url.trim_end_matches('/'))
         .parse()
         .map_err(|_| PeerError::Url)?;
-    if uri.scheme_str() != Some("http") {
-        return Err(PeerError::Url);
-    }
     let host = uri.host().ok_or(PeerError::Url)?.to_owned();
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(transfer)?;
+    let tcp = |port: u16| {
+        let host = host.clone();
+        async move {
+            tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(transfer)
+        }
+    };
+    match uri.scheme_str() {
+        Some("http") => {
+            let stream = tcp(uri.port_u16().unwrap_or(80)).await?;
+            download(stream, &uri, &host, peer, dest).await
+        }
+        Some("https") => {
+            let ca = peer.ca.as_deref().ok_or(PeerError::NoCa)?;
+            let connector = tokio_rustls::TlsConnector::from(client_config(ca)?);
+            let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|_| PeerError::Url)?;
+            let stream = tcp(uri.port_u16().unwrap_or(443)).await?;
+            let stream = connector.connect(name, stream).await.map_err(transfer)?;
+            download(stream, &uri, &host, peer, dest).await
+        }
+        _ => Err(PeerError::Url),
+    }
+}
+
+/// A TLS client that trusts only the fleet's CA (`--peer-ca`).
+fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, PeerError> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).map_err(|_| PeerError::Ca)? {
+        roots.add(c.map_err(|_| PeerError::Ca)?).map_err(|_| PeerError::Ca)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(transfer)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// `GET /v1/snapshot` over `stream`, into `dest`.
+async fn download<S>(stream: S, uri: &Uri, host: &str, peer: &Peer, dest: &Path) -> Result<(), PeerError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(transfer)?;
     let conn = tokio::spawn(conn);
     let req = Request::get(uri.path())
-        .header(hyper::header::HOST, format!("{host}:{port}"))
+        .header(hyper::header::HOST, host)
         .header(hyper::header::AUTHORIZATION, format!("Bearer {}", peer.token))
         .body(Empty::<Bytes>::new())
         .map_err(transfer)?;
