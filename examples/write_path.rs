@@ -76,6 +76,7 @@ async fn cold(dir: PathBuf) {
             clock: guardian_access::clock::Clock::system(),
             grpc: None,
             admin_tls: None,
+            check_tls: None,
         },
     );
     while service.state.cell.current().is_none() {

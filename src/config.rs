@@ -103,6 +103,10 @@ pub struct ServerFile {
     pub admin_insecure: Option<bool>,
     /// The CA of staff's client certificates (PEM).
     pub admin_client_ca: Option<String>,
+    /// The check listener's TLS certificate chain (PEM).
+    pub check_tls_cert: Option<String>,
+    /// The check listener's TLS private key (PEM).
+    pub check_tls_key: Option<String>,
     /// The CA of the peers' admin certificates (PEM).
     pub peer_ca: Option<String>,
     /// The embedded store and snapshot files.
@@ -211,6 +215,13 @@ pub struct ServeFlags {
     /// The admin listener's TLS private key (PEM).
     #[arg(long, env = "GUARDIAN_ACCESS_ADMIN_TLS_KEY")]
     pub admin_tls_key: Option<PathBuf>,
+    /// The check listener's TLS certificate chain (PEM), for a check
+    /// listener reached from another host; with `--check-tls-key`.
+    #[arg(long, env = "GUARDIAN_ACCESS_CHECK_TLS_CERT")]
+    pub check_tls_cert: Option<PathBuf>,
+    /// The check listener's TLS private key (PEM).
+    #[arg(long, env = "GUARDIAN_ACCESS_CHECK_TLS_KEY")]
+    pub check_tls_key: Option<PathBuf>,
     /// The CA of staff's client certificates (PEM, e.g. SITHS): with it the
     /// admin listener asks for one, and its HSA-ID names the person
     /// (`identities` in the tokens file). Needs the admin TLS files.
@@ -339,6 +350,8 @@ pub struct ServeConfig {
     pub grpc_addr: Option<ListenAddr>,
     /// The admin listener's certificate and key, if it serves HTTPS.
     pub admin_tls: Option<TlsFiles>,
+    /// The check listener's certificate and key, if it serves HTTPS.
+    pub check_tls: Option<TlsFiles>,
     /// Both listeners' limits and the check listener's settings.
     pub listener: ListenerConfig,
     /// JSON log lines instead of text.
@@ -416,6 +429,24 @@ impl ServeFlags {
             (None, None) => None,
             (Some(_), None) => return Err(bad("admin_tls_key", "is required with `admin_tls_cert`")),
             (None, Some(_)) => return Err(bad("admin_tls_cert", "is required with `admin_tls_key`")),
+        };
+        let check_cert = self
+            .check_tls_cert
+            .clone()
+            .or_else(|| f.check_tls_cert.as_ref().map(PathBuf::from));
+        let check_key = self
+            .check_tls_key
+            .clone()
+            .or_else(|| f.check_tls_key.as_ref().map(PathBuf::from));
+        let check_tls = match (check_cert, check_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: None,
+            }),
+            (None, None) => None,
+            (Some(_), None) => return Err(bad("check_tls_key", "is required with `check_tls_cert`")),
+            (None, Some(_)) => return Err(bad("check_tls_cert", "is required with `check_tls_key`")),
         };
         let insecure = self.admin_insecure || f.admin_insecure.unwrap_or(false);
         if admin_tls.is_none() && !admin_addr.ip().is_loopback() && !insecure {
@@ -563,6 +594,7 @@ impl ServeFlags {
             check_addr,
             admin_addr,
             admin_tls,
+            check_tls,
             grpc_addr,
             listener: ListenerConfig {
                 max_connections,

@@ -35,6 +35,8 @@ pub struct Options {
     pub source: String,
     /// TLS for the admin listener (`--admin-tls-cert/-key`), if any.
     pub admin_tls: Option<Arc<Tls>>,
+    /// TLS for the check listener (`--check-tls-cert/-key`), if any.
+    pub check_tls: Option<Arc<Tls>>,
     /// Envoy's gRPC ext_authz listener (`--grpc-addr`), if any.
     pub grpc: Option<GrpcListener>,
     /// Where "now" comes from: checks without `at`, commit times, the
@@ -118,7 +120,7 @@ pub fn start(
             }
         }));
     }
-    let check_server = check::run(check, state.clone(), stopped());
+    let check_server = check::run_tls(check, state.clone(), options.check_tls.clone(), stopped());
     tasks.push(tokio::spawn(async move {
         if let Err(e) = check_server.await {
             error!(error = %e, "the check listener failed");

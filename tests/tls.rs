@@ -307,6 +307,40 @@ async fn a_snapshot_file_comes_from_a_peer_over_https() {
     i.stop().await;
 }
 
+/// The check listener can serve HTTPS too (optional: a sidecar on loopback
+/// or a Unix socket needs none).
+#[tokio::test]
+async fn the_check_listener_can_serve_tls() {
+    use guardian_access::clock::Clock;
+    use guardian_access::http::check::{self, State};
+    use guardian_access::http::listener::ListenerConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let (files, ca) = certificates(dir.path(), "check");
+    let tls = Arc::new(Tls::load(files).unwrap());
+    let state = Arc::new(State::detached(ListenerConfig::default(), "test", Clock::system()));
+    state
+        .cell
+        .publish(guardian_access::fixtures::Scenario::demo().unwrap().snapshot().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(check::run_tls(listener, state, Some(tls), async {
+        let _ = stopped.await;
+    }));
+    let body = r#"{"actor": "197701022381", "subject": "201406012383", "service": "journal", "at": "2026-11-23T10:00:00+01:00"}"#;
+    let (status, answer) = https(addr, &ca, "", "/v1/check", body).await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""reason":"sealed""#), "{answer}");
+    assert!(
+        support::try_send(addr, "GET", "/readyz", &[], Bytes::new())
+            .await
+            .is_err(),
+        "plain HTTP gets nothing"
+    );
+    stop.send(()).unwrap();
+    served.await.unwrap().unwrap();
+}
+
 #[test]
 fn the_binary_refuses_a_plain_admin_listener_off_the_host() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_guardian-access"))

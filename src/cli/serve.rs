@@ -137,6 +137,10 @@ pub fn main(flags: ServeFlags, clock: Clock) -> Result<()> {
         Some(files) => Some(Arc::new(Tls::load(files.clone())?)),
         None => None,
     };
+    let check_tls = match &config.check_tls {
+        Some(files) => Some(Arc::new(Tls::load(files.clone())?)),
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("guardian-access")
@@ -217,9 +221,10 @@ pub fn main(flags: ServeFlags, clock: Clock) -> Result<()> {
                 clock,
                 grpc,
                 admin_tls: admin_tls.clone(),
+                check_tls: check_tls.clone(),
             },
         );
-        if let Some(tls) = admin_tls {
+        for tls in [admin_tls, check_tls].into_iter().flatten() {
             tokio::spawn(reload_on_hangup(tls));
         }
         if let Some(tokens) = demo {

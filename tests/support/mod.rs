@@ -188,6 +188,7 @@ impl Instance {
                 clock,
                 grpc: None,
                 admin_tls,
+                check_tls: None,
             },
         );
         let i = Instance {

@@ -27,6 +27,7 @@ use crate::core::time::LocalTime;
 use crate::http::error::ApiError;
 use crate::http::listener::{Listener, ListenerConfig, serve};
 use crate::http::metrics::{Endpoint, Metrics, SnapshotGauges};
+use crate::http::tls::Tls;
 use crate::http::{Answer, error_answer, json, read_body, respond};
 use crate::node::{Publication, Published};
 
@@ -133,9 +134,20 @@ pub async fn run(
     state: Arc<State>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    run_tls(listener, state, None, shutdown).await
+}
+
+/// [`run`], over TLS when `tls` is given (a check listener reached from
+/// another host, which a sidecar normally is not).
+pub async fn run_tls(
+    listener: impl Into<Listener>,
+    state: Arc<State>,
+    tls: Option<Arc<Tls>>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let config = state.config.clone();
     let metrics = state.metrics.clone();
-    serve(listener, &config, metrics, None, shutdown, move |req| {
+    serve(listener, &config, metrics, tls, shutdown, move |req| {
         let state = state.clone();
         async move { handle(&state, req).await }
     })
