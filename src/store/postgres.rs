@@ -24,8 +24,9 @@ use bytes::{Bytes, BytesMut};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Notify;
+use tokio_postgres::IsolationLevel;
 use tokio_postgres::types::{IsNull, ToSql, Type};
-use tokio_postgres::{IsolationLevel, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::protocol::{self, EachRow, Param, Row, Tx, wide};
 use super::sql::Dialect;
@@ -45,6 +46,7 @@ const MIGRATION_LOCK: i64 = 0x6761_6363_6573_7301;
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    tls: MakeRustlsConnect,
     config: Arc<tokio_postgres::Config>,
     id: Arc<str>,
     key: Arc<[u8]>,
@@ -74,11 +76,130 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
+/// The TLS side of a `--store` URL (SPEC §8), as libpq spells it:
+/// `sslmode=disable|prefer|require|verify-ca|verify-full` and
+/// `sslrootcert=/path/ca.pem`. `sslrootcert` is read here (tokio-postgres
+/// does not know it); `verify-ca` and `verify-full` need it and check the
+/// server's certificate chain and name; `require` and `prefer` without it
+/// encrypt without checking who answers, as libpq does. The URL given back
+/// has the modes tokio-postgres knows.
+fn tls_of(url: &str) -> Result<(String, MakeRustlsConnect), StoreError> {
+    let bad = |what: &str| StoreError::Unavailable(format!("`store`: {what}"));
+    // A URL's parameters follow `?`, joined by `&`; a key=value string's
+    // are separated by spaces.
+    let is_url = url.contains("://");
+    let (base, query, join) = if is_url {
+        let (b, q) = url.split_once('?').unwrap_or((url, ""));
+        (b, q, "&")
+    } else {
+        ("", url, " ")
+    };
+    let mut kept = Vec::new();
+    let (mut mode, mut root) = (None, None);
+    for kv in query.split(if is_url { '&' } else { ' ' }).filter(|kv| !kv.is_empty()) {
+        match kv.split_once('=') {
+            Some(("sslmode", m)) => mode = Some(m.to_owned()),
+            Some(("sslrootcert", p)) => root = Some(p.replace("%2F", "/").replace("%2f", "/")),
+            _ => kept.push(kv),
+        }
+    }
+    let (pg_mode, verify) = match mode.as_deref() {
+        None | Some("prefer") => ("prefer", false),
+        Some("disable") => ("disable", false),
+        Some("require") => ("require", root.is_some()),
+        Some("verify-ca" | "verify-full") => ("require", true),
+        Some(_) => {
+            return Err(bad(
+                "`sslmode` must be disable, prefer, require, verify-ca or verify-full",
+            ));
+        }
+    };
+    if verify && root.is_none() {
+        return Err(bad(
+            "`sslmode=verify-full` needs `sslrootcert`, the CA of the database's certificate",
+        ));
+    }
+    kept.push(match pg_mode {
+        "disable" => "sslmode=disable",
+        "require" => "sslmode=require",
+        _ => "sslmode=prefer",
+    });
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&e.to_string()))?;
+    let config = match root.filter(|_| verify) {
+        Some(path) => {
+            use rustls_pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(&path)
+                .map_err(|_| bad("`sslrootcert` cannot be read as PEM"))?;
+            for c in certs {
+                roots
+                    .add(c.map_err(|_| bad("`sslrootcert` holds a damaged certificate"))?)
+                    .map_err(|_| bad("`sslrootcert` holds a certificate that is not a CA"))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+            .with_no_client_auth(),
+    };
+    let rebuilt = if is_url {
+        format!("{base}?{}", kept.join(join))
+    } else {
+        kept.join(join)
+    };
+    Ok((rebuilt, MakeRustlsConnect::new(config)))
+}
+
+/// `sslmode=require` or `prefer` without `sslrootcert`: the connection is
+/// encrypted, and (as with libpq) the server's certificate is not checked.
+#[derive(Debug)]
+struct EncryptOnly(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 impl PgStore {
     /// Connects, creating the schema (or migrating it) under an advisory
     /// lock, and reads the store id.
     pub(crate) async fn open(url: &str) -> Result<PgStore, StoreError> {
-        let mut config = tokio_postgres::Config::from_str(url)
+        let (url, tls) = tls_of(url)?;
+        let mut config = tokio_postgres::Config::from_str(&url)
             .map_err(|_| StoreError::Unavailable("`store`: not a valid PostgreSQL URL".into()))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(3));
@@ -90,7 +211,7 @@ impl PgStore {
         }
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -107,6 +228,7 @@ impl PgStore {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let store = PgStore {
             pool,
+            tls,
             config: Arc::new(config),
             id: Arc::from(""),
             key: Arc::from(Vec::new()),
@@ -247,7 +369,7 @@ impl PgStore {
     /// Opens the dedicated `LISTEN` connection. `wake` is notified on every
     /// notification; the returned [`Listening`] ends when the connection does.
     pub async fn listen(&self, wake: Arc<Notify>) -> Result<Listening, StoreError> {
-        let (client, mut connection) = self.config.connect(NoTls).await.map_err(pg)?;
+        let (client, mut connection) = self.config.connect(self.tls.clone()).await.map_err(pg)?;
         let (lost_tx, lost) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -123,6 +123,40 @@ mod postgres {
         assert_eq!(store.audit_of(cases::pid(cases::KID)).await.unwrap().len(), 1);
     }
 
+    /// PostgreSQL over TLS (SPEC §8): `verify-full` with the CA works and
+    /// checks who answers; `require` encrypts; plain TCP is refused by this
+    /// TLS-only cluster; a certificate from another CA is refused.
+    #[tokio::test]
+    async fn postgres_over_tls() {
+        let Some((cluster, ca)) = pg::Cluster::start_tls() else {
+            return;
+        };
+        let url = cluster.database("tls").await;
+        let verified = format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display());
+        let store = Store::open_postgres(&verified).await.unwrap();
+        cases::import(&store, vec![cases::family()], true).await.unwrap();
+        assert_eq!(store.revision().await.unwrap(), 1);
+        let encrypted = Store::open_postgres(&format!("{url}?sslmode=require")).await.unwrap();
+        assert_eq!(encrypted.revision().await.unwrap(), 1);
+        let plain = Store::open_postgres(&format!("{url}?sslmode=disable")).await;
+        assert!(plain.is_err(), "plain TCP was accepted");
+        let elsewhere = tempfile::tempdir().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let other = params.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap();
+        let other_ca = elsewhere.path().join("other-ca.pem");
+        std::fs::write(&other_ca, other.pem()).unwrap();
+        let wrong = format!("{url}?sslmode=verify-full&sslrootcert={}", other_ca.display());
+        assert!(
+            Store::open_postgres(&wrong).await.is_err(),
+            "another CA's server was trusted"
+        );
+        let e = Store::open_postgres(&format!("{url}?sslmode=verify-full"))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("sslrootcert"), "{e}");
+    }
+
     #[tokio::test]
     async fn a_fleet_starting_at_once_migrates_once() {
         let Some(cluster) = pg::Cluster::start() else { return };

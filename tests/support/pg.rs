@@ -17,6 +17,8 @@ pub struct Cluster {
     bin: PathBuf,
     port: u16,
     run_as: Option<String>,
+    /// Serving TLS (set before restarts).
+    tls: std::sync::Mutex<bool>,
 }
 
 fn find_bin() -> Option<PathBuf> {
@@ -82,6 +84,7 @@ impl Cluster {
             bin,
             port: free_port(),
             run_as,
+            tls: std::sync::Mutex::new(false),
         };
         let out = cluster.run(
             "initdb",
@@ -99,6 +102,53 @@ impl Cluster {
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
         cluster.start_server();
         Some(cluster)
+    }
+
+    /// A cluster that accepts TCP only over TLS (`hostssl`; plain TCP is
+    /// rejected), with a certificate for 127.0.0.1 from a CA made here; the
+    /// CA's PEM file for clients' `sslrootcert`.
+    pub fn start_tls() -> Option<(Cluster, std::path::PathBuf)> {
+        let cluster = Cluster::start()?;
+        let out = cluster.run("pg_ctl", &["-D", &cluster.data(), "-m", "fast", "-w", "stop"]);
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        let data = std::path::PathBuf::from(cluster.data());
+        std::fs::write(data.join("server.crt"), cert.pem()).unwrap();
+        std::fs::write(data.join("server.key"), key.serialize_pem()).unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        if cluster.run_as.is_some() {
+            for f in ["server.crt", "server.key", "pg_hba.conf"] {
+                let status = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(data.join(f))
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+            }
+        }
+        let ca_path = cluster.dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        *cluster.tls.lock().unwrap() = true;
+        cluster.start_server();
+        Some((cluster, ca_path))
     }
 
     fn data(&self) -> String {
@@ -120,8 +170,13 @@ impl Cluster {
 
     /// Starts (or restarts after [`Cluster::stop`]) the server.
     pub fn start_server(&self) {
+        let ssl = if *self.tls.lock().unwrap() {
+            " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
+        } else {
+            ""
+        };
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200{ssl}",
             self.port,
             self.dir.path().display()
         );
@@ -156,9 +211,13 @@ impl Cluster {
 
     /// Creates database `name` and returns its URL.
     pub async fn database(&self, name: &str) -> String {
-        let (client, conn) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
-            .await
-            .unwrap();
+        // Through the Unix socket: the TLS-only cluster refuses plain TCP.
+        let admin = format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.dir.path().display(),
+            self.port
+        );
+        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
         client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
         self.url(name)
