@@ -548,6 +548,39 @@ mod tests {
         assert!(read(&path, "store-a", KEY, settings()).is_ok());
     }
 
+    /// Even a file the key authenticates (a bug of our own, say) is checked:
+    /// a guardian edge whose protected flag disagrees with the guardian's
+    /// own record is refused.
+    #[test]
+    fn edges_must_agree_with_the_guardians_they_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshot");
+        write(&path, &demo(), "store-a", KEY).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let header_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        let slots = 8 + 4 + header_len + 4;
+        let h = info(&path).unwrap();
+        assert_eq!(h.store_id, "store-a");
+        // The first slot with a guardian: its first edge is bytes 16..24.
+        let edge = (slots..bytes.len() - TAG - 4)
+            .step_by(32)
+            .find(|&at| bytes[at..at + 8] != [0; 8] && bytes[at + 16..at + 24] != [0; 8])
+            .unwrap()
+            + 16;
+        bytes[edge + 7] ^= 0x80;
+        let body_end = bytes.len() - TAG - 4;
+        let crc = crc32fast::hash(&bytes[..body_end]).to_le_bytes();
+        bytes[body_end..body_end + 4].copy_from_slice(&crc);
+        let mut tag = mac(KEY).unwrap();
+        hmac::Mac::update(&mut tag, &bytes[..body_end + 4]);
+        let tag = hmac::Mac::finalize(tag).into_bytes();
+        bytes[body_end + 4..].copy_from_slice(&tag);
+        std::fs::write(&path, &bytes).unwrap();
+        let e = read(&path, "store-a", KEY, settings()).unwrap_err();
+        assert!(matches!(e, SnapFileError::People(_)), "{e}");
+        assert!(e.to_string().contains("protection"), "{e}");
+    }
+
     #[test]
     fn only_folded_snapshots_are_written() {
         let dir = tempfile::tempdir().unwrap();

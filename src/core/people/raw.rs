@@ -114,6 +114,22 @@ impl People {
             }
             links += table.guardians_at(i).len();
         }
+        // Every edge names a person here and carries that person's own
+        // protected flag: the hot path trusts the edge and never looks the
+        // guardian up (a flag wrong here would answer for a protected
+        // guardian as for anyone).
+        for i in 0..n {
+            for edge in table.guardians_at(i) {
+                let Some(j) = table.find(edge.pid_value()) else {
+                    return Err(RawPeopleError("a guardian edge names no one"));
+                };
+                if edge.protected() != (table.slots.get()[j].key & PROTECTED != 0) {
+                    return Err(RawPeopleError(
+                        "a guardian edge disagrees with the guardian's protection",
+                    ));
+                }
+            }
+        }
         if empty == 0 || links != table.child_edges.len() {
             return Err(RawPeopleError("the counts do not add up"));
         }
