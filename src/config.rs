@@ -384,6 +384,24 @@ fn bad(name: &'static str, what: impl Into<String>) -> SettingError {
     }
 }
 
+/// A certificate and its key, both or neither; the setting missing named.
+fn tls_pair(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    (cert_name, key_name): (&'static str, &'static str),
+) -> Result<Option<TlsFiles>, SettingError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert,
+            key,
+            client_ca: None,
+        })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(bad(key_name, format!("is required with `{cert_name}`"))),
+        (None, Some(_)) => Err(bad(cert_name, format!("is required with `{key_name}`"))),
+    }
+}
+
 /// The flag if given, else the file's value, else the default.
 fn pick<T: Clone>(flag: &Option<T>, file: &Option<T>, default: T) -> T {
     flag.clone().or_else(|| file.clone()).unwrap_or(default)
@@ -409,45 +427,27 @@ impl ServeFlags {
             "check_addr",
         )?;
         let admin_addr = addr(&self.admin_addr, &f.admin_addr, DEFAULT_ADMIN_ADDR, "admin_addr")?;
-        let tls_cert = self
-            .admin_tls_cert
-            .clone()
-            .or_else(|| f.admin_tls_cert.as_ref().map(PathBuf::from));
-        let tls_key = self
-            .admin_tls_key
-            .clone()
-            .or_else(|| f.admin_tls_key.as_ref().map(PathBuf::from));
-        let client_ca = self
-            .admin_client_ca
-            .clone()
-            .or_else(|| f.admin_client_ca.as_ref().map(PathBuf::from));
-        let admin_tls = match (tls_cert, tls_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles { cert, key, client_ca }),
-            (None, None) if client_ca.is_some() => {
-                return Err(bad("admin_client_ca", "needs `admin_tls_cert` and `admin_tls_key`"));
-            }
-            (None, None) => None,
-            (Some(_), None) => return Err(bad("admin_tls_key", "is required with `admin_tls_cert`")),
-            (None, Some(_)) => return Err(bad("admin_tls_cert", "is required with `admin_tls_key`")),
-        };
-        let check_cert = self
-            .check_tls_cert
-            .clone()
-            .or_else(|| f.check_tls_cert.as_ref().map(PathBuf::from));
-        let check_key = self
-            .check_tls_key
-            .clone()
-            .or_else(|| f.check_tls_key.as_ref().map(PathBuf::from));
-        let check_tls = match (check_cert, check_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles {
-                cert,
-                key,
-                client_ca: None,
-            }),
-            (None, None) => None,
-            (Some(_), None) => return Err(bad("check_tls_key", "is required with `check_tls_cert`")),
-            (None, Some(_)) => return Err(bad("check_tls_cert", "is required with `check_tls_key`")),
-        };
+        // A path: the flag, else the file's.
+        let path =
+            |flag: &Option<PathBuf>, file: &Option<String>| flag.clone().or_else(|| file.as_ref().map(PathBuf::from));
+        let client_ca = path(&self.admin_client_ca, &f.admin_client_ca);
+        let admin_tls = tls_pair(
+            path(&self.admin_tls_cert, &f.admin_tls_cert),
+            path(&self.admin_tls_key, &f.admin_tls_key),
+            ("admin_tls_cert", "admin_tls_key"),
+        )?
+        .map(|files| TlsFiles {
+            client_ca: client_ca.clone(),
+            ..files
+        });
+        if admin_tls.is_none() && client_ca.is_some() {
+            return Err(bad("admin_client_ca", "needs `admin_tls_cert` and `admin_tls_key`"));
+        }
+        let check_tls = tls_pair(
+            path(&self.check_tls_cert, &f.check_tls_cert),
+            path(&self.check_tls_key, &f.check_tls_key),
+            ("check_tls_cert", "check_tls_key"),
+        )?;
         let insecure = self.admin_insecure || f.admin_insecure.unwrap_or(false);
         if admin_tls.is_none() && !admin_addr.ip().is_loopback() && !insecure {
             return Err(bad(

@@ -27,6 +27,16 @@ fn json(out: &Output) -> serde_json::Value {
 }
 
 const AT: &str = "2026-11-23T10:00:00+01:00";
+
+/// A served process, killed if the test fails before it stops it.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 const DEMO: &str = "fixtures/demo.json";
 
 #[test]
@@ -165,14 +175,6 @@ fn serve_answers_and_stops_on_sigterm() {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::process::Stdio;
 
-    /// Kills the server if the test fails before it stops it.
-    struct Guard(std::process::Child);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     // A stale socket from an earlier run is replaced.
     let sockets = tempfile::tempdir().unwrap();
     let grpc = sockets.path().join("grpc.sock");
@@ -463,13 +465,6 @@ fn import_population_then_check_from_the_store() {
 fn serve_answers_checks_on_a_unix_socket() {
     use std::io::{Read, Write};
     use std::os::unix::fs::PermissionsExt;
-    struct Guard(std::process::Child);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("check.sock");
     let _guard = Guard(
