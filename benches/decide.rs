@@ -8,6 +8,10 @@
 //! - `decide/while_swapping_every_ms`, `decide/while_swapping_flat_out`: a
 //!   check through `ArcSwap` while another thread swaps in new snapshots once
 //!   a millisecond, or as fast as it can;
+//! - `decide/worst_allowed_subject`: a guardian of the most expensive
+//!   subject the write path allows (`MAX_RULES_IN_FORCE` blocks whose ends
+//!   are staggered, so that finding `valid_until` re-evaluates the answer
+//!   at each, beside 200 lifted rules of history); target < 5 µs;
 //! - `children/switch_list`: a guardian's switch list.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -75,6 +79,13 @@ fn benches(c: &mut Criterion) {
         let swaps = writer.join().unwrap();
         println!("decide/{name}: the writer swapped {swaps} snapshots meanwhile");
     }
+    let (worst, query) = worst_allowed_subject();
+    let d = decide(&worst, &query);
+    assert_eq!(d.reason, guardian_access::Reason::Blocked);
+    assert!(d.valid_until.is_some());
+    group.bench_function("worst_allowed_subject", |b| {
+        b.iter(|| black_box(decide(&worst, black_box(&query))))
+    });
     group.finish();
 
     let mut group = c.benchmark_group("children");
@@ -88,6 +99,42 @@ fn benches(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// The costliest subject the write path lets a unit build: as many blocks
+/// of one guardian in force as allowed, each ending a day after the one
+/// before (so the answer stays `blocked` across every end but the last),
+/// and a long history of lifted blocks that every evaluation walks past.
+fn worst_allowed_subject() -> (Snapshot, guardian_access::Query) {
+    use guardian_access::fixtures::{CaseFile, Scenario};
+    use serde_json::json;
+    const KID: &str = "201509162390";
+    const MOTHER: &str = "197701012382";
+    let in_force = guardian_access::store::MAX_RULES_IN_FORCE;
+    let mut rules: Vec<serde_json::Value> = (0..in_force)
+        .map(|n| {
+            json!({"kind": "block", "subject": KID, "guardian": MOTHER, "valid_from": "2026-01-01",
+                   "valid_until": format!("2027-{:02}-{:02}", 1 + n / 28, 1 + n % 28)})
+        })
+        .collect();
+    rules.extend((0..200).map(|n| {
+        json!({"kind": "block", "subject": KID, "guardian": MOTHER,
+               "valid_from": format!("2024-{:02}-01", 1 + n % 12),
+               "lifted_at": format!("2025-{:02}-01", 1 + n % 12)})
+    }));
+    let scenario: Scenario = serde_json::from_value(json!({
+        "people": [{"id": KID, "guardians": [MOTHER, "198001022386"]}],
+        "rules": rules,
+    }))
+    .unwrap();
+    let snap = scenario.snapshot().unwrap();
+    let case: CaseFile = serde_json::from_value(json!({
+        "name": "worst", "actor": MOTHER, "subject": KID, "service": "journal",
+        "at": "2026-06-01T12:00:00+02:00", "expect": {}
+    }))
+    .unwrap();
+    let query = case.query(snap.tz()).unwrap();
+    (snap, query)
 }
 
 /// Swaps a copy of `base` with fresh rules into `current` until `stop`,

@@ -1016,3 +1016,54 @@ async fn every_read_of_personal_data_is_in_the_access_log() {
     assert_eq!((r.status, r.error().1.as_deref()), (400, Some("from")));
     i.stop().await;
 }
+
+/// A check walks its subject's rules to find when its answer changes; a
+/// unit's token must not be able to make that walk long. The cap counts
+/// rules in force or pending, so a lifted or ended one frees its place.
+#[tokio::test]
+async fn one_subject_has_at_most_sixteen_rules_in_force() {
+    let (_dir, i) = instance().await;
+    let limit = guardian_access::store::MAX_RULES_IN_FORCE;
+    let mut ids = Vec::new();
+    for n in 0..limit {
+        let mut b = block(Some(if n % 2 == 0 { MOTHER } else { FATHER }));
+        b["reference"] = format!("Dnr 2026-{n}").into();
+        let r = i.admin_post(UNIT_TOKEN, "/v1/restrictions", &b.to_string()).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        ids.push(r.json()["id"].as_str().unwrap().to_owned());
+    }
+    let before = i.revision();
+    let r = i
+        .admin_post(UNIT_TOKEN, "/v1/restrictions", &block(Some(MOTHER)).to_string())
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    let (code, field) = r.error();
+    assert_eq!((code.as_str(), field.as_deref()), ("invalid_request", Some("subject")));
+    assert!(r.text().contains("16"), "{}", r.text());
+    assert_eq!(i.revision(), before, "a refused rule writes nothing");
+    // Another subject is not affected.
+    let mut teen = block(Some(TEEN_G1));
+    teen["subject"] = TEEN.into();
+    assert_eq!(
+        i.admin_post(UNIT_TOKEN, "/v1/restrictions", &teen.to_string())
+            .await
+            .status,
+        201
+    );
+    // Lifting one frees its place.
+    let lift = json!({"issuing_unit": UNIT, "decided_by": {"name": "Verksamhetschef"}, "basis": "Hotbild kontrollerad",
+                      "threat_assessment_done": true, "unit_request_reference": "Begäran 2026-9"});
+    let r = i
+        .admin_post(
+            UNIT_TOKEN,
+            &format!("/v1/restrictions/{}/lift", ids[0]),
+            &lift.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = i
+        .admin_post(UNIT_TOKEN, "/v1/restrictions", &block(Some(MOTHER)).to_string())
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(now_check(&i, MOTHER, KID, "journal").await["reason"], "blocked");
+}

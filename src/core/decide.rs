@@ -262,12 +262,18 @@ impl<'s> Pair<'s> {
     }
 
     fn outcome(&self, t: Instant) -> Outcome<'s> {
+        self.outcome_among(t, self.rules.iter())
+    }
+
+    /// The outcome at `t` considering only `rules` (all of the subject's,
+    /// or those that can still bear on an instant after the question's).
+    fn outcome_among(&self, t: Instant, rules: impl Iterator<Item = &'s Rule> + Clone) -> Outcome<'s> {
         let reason = |reason| Outcome {
             reason,
             care_units: None,
         };
         if self.own {
-            return self.own_outcome(t);
+            return self.own_outcome(t, rules);
         }
         // Someone else: rows 1-8.
         let Some(edge) = self.guardian else {
@@ -285,16 +291,16 @@ impl<'s> Pair<'s> {
         let mut extended = None;
         if t >= ages.guardian_limit {
             if self.service == Service::Journal && t < ages.own_journal {
-                extended = self.extended_access(t);
+                extended = self.extended_access(t, rules.clone());
             }
             if extended.is_none() {
                 return reason(Reason::AgedOut);
             }
         }
-        if self.any_active(t, RuleKind::Seal) {
+        if self.any_active(t, RuleKind::Seal, rules.clone()) {
             return reason(Reason::Sealed);
         }
-        if self.any_active(t, RuleKind::Block) {
+        if self.any_active(t, RuleKind::Block, rules) {
             return reason(Reason::Blocked);
         }
         match extended {
@@ -307,7 +313,7 @@ impl<'s> Pair<'s> {
     }
 
     /// The subject asking about themself: rows 1-5.
-    fn own_outcome(&self, t: Instant) -> Outcome<'s> {
+    fn own_outcome(&self, t: Instant, rules: impl Iterator<Item = &'s Rule> + Clone) -> Outcome<'s> {
         let reason = |reason| Outcome {
             reason,
             care_units: None,
@@ -320,12 +326,12 @@ impl<'s> Pair<'s> {
         }
         let mut early = false;
         if self.service == Service::Journal && t < ages.own_journal {
-            early = t >= ages.guardian_limit && self.any_active(t, RuleKind::EarlyAccess);
+            early = t >= ages.guardian_limit && self.any_active(t, RuleKind::EarlyAccess, rules.clone());
             if !early {
                 return reason(Reason::BelowAge);
             }
         }
-        if self.any_active(t, RuleKind::Seal) {
+        if self.any_active(t, RuleKind::Seal, rules) {
             return reason(Reason::Sealed);
         }
         reason(if early { Reason::EarlyAccess } else { Reason::OwnAccess })
@@ -346,18 +352,16 @@ impl<'s> Pair<'s> {
         }
     }
 
-    fn any_active(&self, t: Instant, kind: RuleKind) -> bool {
-        self.rules
-            .iter()
-            .any(|r| r.kind == kind && self.relevant(r) && r.active_at(t))
+    fn any_active<'r>(&self, t: Instant, kind: RuleKind, mut rules: impl Iterator<Item = &'r Rule>) -> bool {
+        rules.any(|r| r.kind == kind && self.relevant(r) && r.active_at(t))
     }
 
     /// The extended-access grant this guardian can use at `t`. An unlimited
     /// grant beats a limited one; among limited ones the oldest is used, which
     /// shows less rather than more.
-    fn extended_access(&self, t: Instant) -> Option<&'s Rule> {
+    fn extended_access(&self, t: Instant, rules: impl Iterator<Item = &'s Rule>) -> Option<&'s Rule> {
         let mut found: Option<&'s Rule> = None;
-        for r in self.rules {
+        for r in rules {
             if r.kind == RuleKind::ExtendedAccess && self.relevant(r) && r.active_at(t) {
                 if r.care_units.is_none() {
                     return Some(r);
@@ -379,9 +383,13 @@ impl<'s> Pair<'s> {
         ) {
             return None;
         }
+        // Only rules that end after `t` can bear on a later instant: the
+        // history of lifted and ended rules is walked once here, not at
+        // every candidate. Few subjects have rules at all.
+        let live: Vec<&'s Rule> = self.rules.iter().filter(|r| r.end() > t && self.relevant(r)).collect();
         let mut from = t;
-        while let Some(next) = self.next_candidate(from) {
-            if self.outcome(next) != at_t {
+        while let Some(next) = self.next_candidate(from, &live) {
+            if self.outcome_among(next, live.iter().copied()) != at_t {
                 return Some(next);
             }
             from = next;
@@ -389,7 +397,9 @@ impl<'s> Pair<'s> {
         None
     }
 
-    fn next_candidate(&self, after: Instant) -> Option<Instant> {
+    /// The first instant after `after` at which an age limit is reached or
+    /// one of `live` starts or ends.
+    fn next_candidate(&self, after: Instant, live: &[&Rule]) -> Option<Instant> {
         let mut best = Instant::MAX;
         let mut consider = |c: Instant| {
             if c > after && c < best {
@@ -400,7 +410,7 @@ impl<'s> Pair<'s> {
             consider(ages.guardian_limit);
             consider(ages.own_journal);
         }
-        for r in self.rules.iter().filter(|r| self.relevant(r)) {
+        for r in live {
             consider(r.valid_from);
             consider(r.end());
         }

@@ -56,6 +56,12 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The most restrictions and grants one subject may have in force or
+/// pending (not lifted, not ended) at once. A check walks its subject's
+/// rules to find when its answer changes (`valid_until`); this bounds that
+/// walk whatever a unit's token writes. A real child has a handful.
+pub const MAX_RULES_IN_FORCE: u64 = 16;
+
 /// Records per message on an import channel.
 pub const IMPORT_BATCH: usize = 16_384;
 
@@ -404,6 +410,12 @@ pub enum StoreError {
     /// The import's sender gave up (a bad line, a dropped connection).
     #[error("the import was abandoned; nothing was applied")]
     Aborted,
+    /// The subject already has [`MAX_RULES_IN_FORCE`] restrictions and
+    /// grants in force or pending.
+    #[error(
+        "`subject`: has {MAX_RULES_IN_FORCE} restrictions and grants in force or pending, the most one person may have"
+    )]
+    TooManyRules,
     /// Stored data fails validation: a damaged or tampered database.
     #[error("stored data is invalid: {0}")]
     Corrupt(String),

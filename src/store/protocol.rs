@@ -338,6 +338,12 @@ pub(crate) async fn create_rule<T: Tx>(
             return Err(StoreError::NotGuardian);
         }
     }
+    let in_force = tx
+        .one_int(sql::RULES_IN_FORCE, &[pid(new.rule.subject)?, instant(Some(at))])
+        .await?;
+    if narrow(in_force)? >= super::MAX_RULES_IN_FORCE {
+        return Err(StoreError::TooManyRules);
+    }
     insert_rule(tx, revision, new, at, by, None).await?;
     let detail = rule_detail(new);
     let rec = Record {

@@ -87,6 +87,10 @@ pub(crate) const PERSON_HISTORY_SINCE: &str = concat!(
 );
 pub(crate) const RULES_SINCE: &str = concat!("SELECT ", rule_columns!(), " FROM rules WHERE revision > $1");
 
+/// Rules on a subject not lifted and not ended at `$2`.
+pub(crate) const RULES_IN_FORCE: &str =
+    "SELECT count(*) FROM rules WHERE subject = $1 AND lifted_at IS NULL AND (valid_until IS NULL OR valid_until > $2)";
+
 pub(crate) const COUNT_PERSONS: &str = "SELECT count(*) FROM persons";
 pub(crate) const ALL_PERSONS: &str = "SELECT id, birth_date, protected, guardians FROM persons";
 pub(crate) const ALL_RULES: &str = concat!("SELECT ", rule_columns!(), " FROM rules");
@@ -172,6 +176,7 @@ mod tests {
             CHANGES_SINCE,
             PERSON_HISTORY_SINCE,
             RULES_SINCE,
+            RULES_IN_FORCE,
             PERSON,
             RULES_OF,
             AUDIT_OF,

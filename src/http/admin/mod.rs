@@ -166,6 +166,14 @@ fn store_error(e: StoreError, family: Family) -> ApiError {
             None,
         ),
         StoreError::NotGuardian => ApiError::semantic("guardian", "is not a registered guardian of the subject"),
+        StoreError::TooManyRules => ApiError::semantic(
+            "subject",
+            &format!(
+                "already has {} restrictions and grants in force or pending, the most one person may have; \
+                 lift one that is no longer needed first",
+                crate::store::MAX_RULES_IN_FORCE
+            ),
+        ),
         StoreError::Aborted => ApiError::invalid_body("the request was abandoned; nothing was written"),
         StoreError::FutureRevision(head) => ApiError::semantic(
             "as_of_revision",
