@@ -549,11 +549,13 @@ impl ServeFlags {
             (None, false, None) => Source::Sqlite(data_dir.clone()),
         };
         let fleet = matches!(source, Source::Postgres(_));
-        let max_staleness = match (fleet, self.max_staleness_ms.or(f.max_staleness_ms)) {
-            (_, Some(0)) => return Err(bad("max_staleness_ms", "must be at least 1 ms")),
-            (true, ms) => Some(Duration::from_millis(ms.unwrap_or(DEFAULT_MAX_STALENESS_MS))),
-            // The embedded store is in this process: it cannot be out of reach.
-            (false, _) => None,
+        // The embedded store is in this process, but reading it can still
+        // fail (a damaged file, a full disk): past this, checks answer 503
+        // there too rather than carry on from a snapshot that may miss a
+        // committed write.
+        let max_staleness = match self.max_staleness_ms.or(f.max_staleness_ms) {
+            Some(0) => return Err(bad("max_staleness_ms", "must be at least 1 ms")),
+            ms => Some(Duration::from_millis(ms.unwrap_or(DEFAULT_MAX_STALENESS_MS))),
         };
         let peers: Vec<String> = if self.peers.is_empty() {
             f.peers.clone().unwrap_or_default()
@@ -708,7 +710,11 @@ mod tests {
         let l = ListenerConfig::default();
         assert_eq!(c.listener.max_connections, l.max_connections);
         assert_eq!(c.listener.idle_timeout, l.idle_timeout);
-        assert_eq!(c.node.max_staleness, None, "the embedded store is never out of reach");
+        assert_eq!(
+            c.node.max_staleness,
+            Some(Duration::from_millis(DEFAULT_MAX_STALENESS_MS)),
+            "failing to read even the embedded store stops the answers"
+        );
         assert_eq!(c.node.poll_every, Duration::from_secs(1));
         assert!(!c.json_logs);
         assert_eq!(c.admin_tokens, None);

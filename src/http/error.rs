@@ -249,6 +249,20 @@ impl ApiError {
         ApiError::new(ErrorCode::NotReady, "no data is loaded yet; cannot decide", None)
     }
 
+    /// Why a published instance refuses to answer, as an error.
+    pub fn refused(refusal: Option<crate::node::Refusal>) -> Self {
+        match refusal {
+            Some(crate::node::Refusal::Behind(revision)) => ApiError::new(
+                ErrorCode::NotReady,
+                format!(
+                    "this instance has not yet published the committed write at revision {revision}; cannot decide"
+                ),
+                None,
+            ),
+            _ => ApiError::stale(),
+        }
+    }
+
     /// The store has been out of reach for longer than `max_staleness`.
     pub fn stale() -> Self {
         ApiError::new(

@@ -62,7 +62,7 @@ impl Authz {
         let headers = Headers::of(req);
         let once = || -> Result<CheckResponse, ApiError> {
             if state.cell.is_expired() {
-                return Err(ApiError::stale());
+                return Err(ApiError::refused(state.cell.refusal()));
             }
             let published = state.cell.load();
             let Some(p) = published.as_deref() else {

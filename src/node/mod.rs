@@ -36,7 +36,7 @@ pub mod snapfile;
 
 use crate::core::snapshot::{BuildError, Rules, Snapshot};
 use crate::store::{Changes, Loaded, Store, StoreError};
-pub use publication::{Publication, Published, SyncStatus};
+pub use publication::{Publication, Published, Refusal, SyncStatus};
 use snapfile::SnapFileError;
 
 /// The snapshot file's name inside `--data-dir`.
@@ -63,6 +63,9 @@ pub struct NodeConfig {
     pub max_staleness: Option<Duration>,
     /// Peers to fetch a snapshot file from at bootstrap.
     pub peers: Vec<Peer>,
+    /// A write's `2xx` waits this long for checks to see it; past it, the
+    /// write answers `503` and checks answer `503` until they see it.
+    pub visible_within: Duration,
 }
 
 impl Default for NodeConfig {
@@ -75,6 +78,7 @@ impl Default for NodeConfig {
             poll_every: Duration::from_secs(1),
             max_staleness: None,
             peers: Vec::new(),
+            visible_within: Duration::from_secs(10),
         }
     }
 }
@@ -167,11 +171,26 @@ impl Node {
     }
 
     /// Waits until checks answer from `revision` or later (a write this
-    /// node just committed), at most `timeout`. `false` if it did not happen
-    /// in time; the write is committed either way.
-    pub async fn wait_applied(&self, revision: u64, timeout: Duration) -> bool {
+    /// node just committed), at most `visible_within`. If it did not happen
+    /// in time, checks are refused until it does (a `2xx` means visible, or
+    /// the node stops answering) and `false` is returned; the write is
+    /// committed either way.
+    pub async fn wait_applied(&self, revision: u64) -> bool {
         self.shared.kick.notify_one();
-        self.shared.cell.wait_for_revision(revision, timeout).await
+        let cell = &self.shared.cell;
+        if cell
+            .wait_for_revision(revision, self.shared.config.visible_within)
+            .await
+        {
+            return true;
+        }
+        cell.hold_until(revision);
+        cell.revision() >= revision
+    }
+
+    /// How long a write waits to be visible before it answers `503`.
+    pub fn visible_within(&self) -> Duration {
+        self.shared.config.visible_within
     }
 
     /// The snapshot file, if this node has written one.

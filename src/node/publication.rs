@@ -6,7 +6,7 @@
 //! no lock; everything else here is for waiting (`min_revision`, a write's
 //! visibility) and for `/v1/status` and `/metrics`, not for the check path.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +27,15 @@ pub struct Published {
     pub loaded_at: jiff::Timestamp,
 }
 
+/// Why an instance with a published snapshot refuses to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No contact with the store for longer than `max_staleness`.
+    Stale,
+    /// A committed write (this revision) was not published in time.
+    Behind(u64),
+}
+
 /// The cell the node publishes into and everyone else reads.
 #[derive(Debug)]
 pub struct Publication {
@@ -37,6 +46,9 @@ pub struct Publication {
     kick: Notify,
     /// No contact with the store for longer than `max_staleness`: answer 503.
     expired: AtomicBool,
+    /// A committed write's revision that was not published in time: answer
+    /// 503 until it is (0: none).
+    held: AtomicU64,
     /// What the node reports about following the store.
     pub sync: SyncStatus,
     clock: Clock,
@@ -50,6 +62,7 @@ impl Publication {
             revision: watch::channel(0).0,
             kick: Notify::new(),
             expired: AtomicBool::new(false),
+            held: AtomicU64::new(0),
             sync: SyncStatus::default(),
             clock,
         }
@@ -66,6 +79,32 @@ impl Publication {
         })));
         self.revision.send_replace(revision);
         debug!(revision, "snapshot published");
+        self.release(revision);
+    }
+
+    /// Refuses checks until `revision`, a committed write, is published:
+    /// the write's `2xx` was withheld because it was not visible in time.
+    pub fn hold_until(&self, revision: u64) {
+        self.held.fetch_max(revision, SeqCst);
+        // Published meanwhile: `publish` may have looked before we held.
+        self.release(self.revision());
+    }
+
+    /// Ends a hold that `published` satisfies.
+    fn release(&self, published: u64) {
+        let held = self.held.load(SeqCst);
+        if held != 0 && held <= published && self.held.compare_exchange(held, 0, SeqCst, SeqCst).is_ok() {
+            tracing::info!(revision = published, "the held write is visible: answering again");
+        }
+    }
+
+    /// Why checks are refused although a snapshot is published, if they are.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self.held.load(SeqCst) {
+            0 if self.expired.load(Relaxed) => Some(Refusal::Stale),
+            0 => None,
+            r => Some(Refusal::Behind(r)),
+        }
     }
 
     /// The published snapshot, if checks are being answered (not before the
@@ -113,9 +152,10 @@ impl Publication {
         self.expired.swap(expired, Relaxed) != expired
     }
 
-    /// Whether the instance is past `max_staleness` and refuses to answer.
+    /// Whether the instance refuses to answer: past `max_staleness`, or
+    /// behind a committed write ([`Publication::refusal`] says which).
     pub fn is_expired(&self) -> bool {
-        self.expired.load(Relaxed)
+        self.expired.load(Relaxed) || self.held.load(Relaxed) != 0
     }
 
     /// How long ago `p` was published.

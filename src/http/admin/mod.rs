@@ -26,7 +26,6 @@ pub mod validate;
 pub mod views;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -39,7 +38,7 @@ use jiff::tz::TimeZone;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::actor::{Caller, Role};
 use crate::clock::Clock;
@@ -70,9 +69,6 @@ pub struct Admin {
     tz: TimeZone,
     metrics: Arc<Metrics>,
     clock: Clock,
-    /// How long a write waits to be visible to checks before answering
-    /// anyway (it is committed either way).
-    visible_within: Duration,
 }
 
 impl Admin {
@@ -85,7 +81,6 @@ impl Admin {
             tz: time::stockholm()?,
             metrics,
             clock,
-            visible_within: Duration::from_secs(10),
         })
     }
 
@@ -407,12 +402,29 @@ async fn read_json(req: Request<Incoming>) -> Result<Map<String, Value>, ApiErro
     }
 }
 
-/// Waits until checks on this node answer from `revision`. The write is
-/// committed either way; a slow publication is logged, not failed.
-async fn visible(admin: &Admin, revision: u64) {
-    if !admin.node.wait_applied(revision, admin.visible_within).await {
-        warn!(revision, "a committed write is not yet visible to checks");
+/// Waits until checks on this node answer from `revision`: a `2xx` means
+/// visible. If it does not happen in time the write is still committed,
+/// but it answers `503` and the node refuses checks until it has caught up
+/// (a portal then fails closed instead of trusting an answer that may miss
+/// the write).
+async fn visible(admin: &Admin, revision: u64) -> Result<(), ApiError> {
+    if admin.node.wait_applied(revision).await {
+        return Ok(());
     }
+    let within = admin.node.visible_within().as_secs_f64();
+    error!(
+        revision,
+        within_seconds = within,
+        "a committed write is not visible to checks in time: refusing checks until it is"
+    );
+    Err(ApiError::new(
+        ErrorCode::NotReady,
+        format!(
+            "the write was committed as revision {revision} but is not visible to checks within {within} s; \
+             this instance answers 503 to checks until it is. Do not send it again: read it back first"
+        ),
+        None,
+    ))
 }
 
 /// The instant the subject attains the own-journal age, from the stored
@@ -450,7 +462,7 @@ async fn create(
         .create_rule(new, require_guardian, caller)
         .await
         .map_err(|e| store_error(e, family))?;
-    visible(admin, committed.revision).await;
+    visible(admin, committed.revision).await?;
     info!(
         action = crate::store::create_action(kind),
         kind = kind.as_str(),
@@ -479,7 +491,7 @@ async fn lift(
         .lift(id, req, caller)
         .await
         .map_err(|e| store_error(e, family))?;
-    visible(admin, committed.revision).await;
+    visible(admin, committed.revision).await?;
     info!(action = "lift", revision = committed.revision, by = %caller.name, "write committed");
     Ok(json_answer(
         200,
@@ -502,7 +514,7 @@ async fn confirm(
         .confirm(id, req, caller)
         .await
         .map_err(|e| store_error(e, Family::Restriction))?;
-    visible(admin, committed.revision).await;
+    visible(admin, committed.revision).await?;
     info!(action = "confirm", revision = committed.revision, by = %caller.name, "write committed");
     Ok(json_answer(
         200,
@@ -553,7 +565,7 @@ async fn population(admin: &Admin, caller: &Caller, req: Request<Incoming>) -> R
     })?;
     fed?;
     let imported = outcome.map_err(|e| store_error(e, Family::Restriction))?;
-    visible(admin, imported.revision).await;
+    visible(admin, imported.revision).await?;
     info!(
         action = "population",
         revision = imported.revision,

@@ -232,7 +232,7 @@ fn from_snapshot(
     answer: impl FnOnce(&Snapshot) -> Result<Answer, ApiError>,
 ) -> Result<Answer, ApiError> {
     if state.cell.is_expired() {
-        return Err(ApiError::stale());
+        return Err(ApiError::refused(state.cell.refusal()));
     }
     let published = state.cell.load();
     match published.as_deref() {
@@ -332,7 +332,7 @@ fn operations(state: &State, path: &str) -> Answer {
                 })
                 .unwrap_or_default(),
             ),
-            _ if state.cell.is_expired() => failed(ApiError::stale()),
+            _ if state.cell.is_expired() => failed(ApiError::refused(state.cell.refusal())),
             _ => failed(ApiError::not_ready()),
         },
         "/metrics" => respond(200, "text/plain; version=0.0.4", state.metrics.render(state.gauges(p))),
