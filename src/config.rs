@@ -87,6 +87,10 @@ pub struct ServerFile {
     pub header_read_timeout_ms: Option<u64>,
     /// Milliseconds an idle keep-alive connection is kept.
     pub idle_timeout_ms: Option<u64>,
+    /// Milliseconds a request body has to arrive after its head.
+    pub body_read_timeout_ms: Option<u64>,
+    /// Milliseconds a client may leave an answer unread.
+    pub write_timeout_ms: Option<u64>,
     /// `text` or `json`.
     pub log_format: Option<String>,
     /// Header names for `/v1/authz`.
@@ -269,6 +273,14 @@ pub struct ServeFlags {
     /// Milliseconds an idle keep-alive connection is kept [default: 60000].
     #[arg(long, env = "GUARDIAN_ACCESS_IDLE_TIMEOUT_MS")]
     pub idle_timeout_ms: Option<u64>,
+    /// Milliseconds a request body has to arrive after its head (else 408)
+    /// [default: 10000].
+    #[arg(long, env = "GUARDIAN_ACCESS_BODY_READ_TIMEOUT_MS")]
+    pub body_read_timeout_ms: Option<u64>,
+    /// Milliseconds a client may leave an answer unread before its
+    /// connection is closed [default: 10000].
+    #[arg(long, env = "GUARDIAN_ACCESS_WRITE_TIMEOUT_MS")]
+    pub write_timeout_ms: Option<u64>,
     /// `text` or `json` [default: text]. The filter is `RUST_LOG` (default `info`).
     #[arg(long, env = "GUARDIAN_ACCESS_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -481,6 +493,18 @@ impl ServeFlags {
             defaults.header_read_timeout,
             "header_read_timeout_ms",
         )?;
+        let body_read_timeout = ms(
+            &self.body_read_timeout_ms,
+            &f.body_read_timeout_ms,
+            defaults.body_read_timeout,
+            "body_read_timeout_ms",
+        )?;
+        let write_timeout = ms(
+            &self.write_timeout_ms,
+            &f.write_timeout_ms,
+            defaults.write_timeout,
+            "write_timeout_ms",
+        )?;
         let idle_timeout = ms(
             &self.idle_timeout_ms,
             &f.idle_timeout_ms,
@@ -601,6 +625,8 @@ impl ServeFlags {
             listener: ListenerConfig {
                 max_connections,
                 header_read_timeout,
+                body_read_timeout,
+                write_timeout,
                 idle_timeout,
                 authz,
                 min_revision_wait,
@@ -784,7 +810,7 @@ mod tests {
 
     #[test]
     fn flags_win_over_the_file_which_wins_over_defaults() {
-        let file = "[server]\ncheck_addr = \"0.0.0.0:9000\"\nmax_connections = 10\nidle_timeout_ms = 1500\n\
+        let file = "[server]\ncheck_addr = \"0.0.0.0:9000\"\nmax_connections = 10\nidle_timeout_ms = 1500\nwrite_timeout_ms = 2500\n\
                     log_format = \"json\"\nstore = \"postgres://db/ga\"\n[server.authz_headers]\nactor = \"x-user\"";
         let flags = ServeFlags {
             max_connections: Some(20),
@@ -794,6 +820,11 @@ mod tests {
         assert_eq!(c.check_addr.to_string(), "0.0.0.0:9000");
         assert_eq!(c.listener.max_connections, 20);
         assert_eq!(c.listener.idle_timeout, Duration::from_millis(1500));
+        assert_eq!(c.listener.write_timeout, Duration::from_millis(2500));
+        assert_eq!(
+            c.listener.body_read_timeout,
+            ListenerConfig::default().body_read_timeout
+        );
         assert_eq!(c.listener.authz.actor.as_str(), "x-user");
         assert_eq!(c.listener.authz.subject.as_str(), "x-subject-id");
         assert!(c.json_logs);

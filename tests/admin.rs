@@ -750,6 +750,43 @@ async fn a_check_can_ask_to_read_its_writes() {
         started.elapsed() >= Duration::from_millis(150),
         "it waited before giving up"
     );
+    // However far ahead it asks, it waits no longer than the setting
+    // (200 ms here), with room for a slow machine.
+    let started = std::time::Instant::now();
+    let r = support::send(i.check, "POST", "/v1/check", &[], ask(u64::MAX)).await;
+    assert_eq!(r.status, 503);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    // A batch honours each check's own `min_revision`: not reached, the
+    // whole batch is refused ...
+    let batch = |min: u64| {
+        json!({"checks": [
+            {"actor": FATHER, "subject": KID, "service": "journal"},
+            {"actor": MOTHER, "subject": KID, "service": "journal", "min_revision": min},
+        ]})
+        .to_string()
+    };
+    let r = support::send(i.check, "POST", "/v1/check/batch", &[], batch(now + 5)).await;
+    assert_eq!((r.status, r.error().1.as_deref()), (503, Some("min_revision")));
+    // ... and a revision committed while it waits is waited for, so the
+    // answer reflects the write it names.
+    let admin = i.admin;
+    let write = tokio::spawn(async move {
+        let r = support::send(
+            admin,
+            "POST",
+            "/v1/restrictions",
+            &[("authorization", &format!("Bearer {UNIT_TOKEN}"))],
+            block(Some(MOTHER)).to_string(),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    });
+    let r = support::send(i.check, "POST", "/v1/check/batch", &[], batch(now + 1)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["results"][1]["reason"], "blocked");
+    assert_eq!(r.json()["revision"], now + 1);
+    write.await.unwrap();
+    let now = i.revision();
     let r = support::send(
         i.check,
         "POST",

@@ -105,8 +105,12 @@ impl Reply {
 
 impl Client {
     async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        // The head and body go in two writes: without this, Nagle's
+        // algorithm and delayed ACKs add 40 ms to each request.
+        stream.set_nodelay(true).unwrap();
         Client {
-            stream: TcpStream::connect(addr).await.unwrap(),
+            stream,
             buf: Vec::new(),
         }
     }
@@ -598,6 +602,147 @@ async fn a_client_that_never_finishes_its_head_is_cut_off() {
         .await
         .unwrap();
     assert!(c.closed_within(Duration::from_secs(10)).await);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_in_gets_408_and_the_connection_closes() {
+    let config = ListenerConfig {
+        body_read_timeout: Duration::from_millis(300),
+        ..ListenerConfig::default()
+    };
+    let s = Running::start(config, true).await;
+    let mut c = s.client().await;
+    c.stream
+        .write_all(b"POST /v1/check HTTP/1.1\r\nhost: t\r\ncontent-length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    let r = c.read_reply().await;
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "request_timeout");
+    assert!(c.closed_within(Duration::from_secs(5)).await);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_answers_is_cut_off() {
+    let config = ListenerConfig {
+        write_timeout: Duration::from_millis(300),
+        ..ListenerConfig::default()
+    };
+    let s = Running::start(config, true).await;
+    let mut c = s.client().await;
+    // Thousands of pipelined requests whose answers are never read: the
+    // socket buffers fill and the server's writes block.
+    let one = b"GET /metrics HTTP/1.1\r\nhost: t\r\n\r\n";
+    let many: Vec<u8> = one.iter().copied().cycle().take(one.len() * 4000).collect();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.stream.write_all(&many)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Now read: the buffered answers, then the end of the connection,
+    // long before 4,000 answers.
+    let mut total = 0usize;
+    let mut chunk = vec![0u8; 1 << 16];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), c.stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => total += n,
+            Err(_) => break false,
+        }
+    };
+    assert!(closed, "the connection was closed after {total} bytes");
+    let answers = total / 1000;
+    assert!(answers < 4000, "{answers}");
+    // Others are still served.
+    assert_eq!(s.client().await.get("/healthz").await.status, 200);
+    s.shutdown().await;
+}
+
+/// Twice as many connections as the limit, each sending a byte a second
+/// (a head, or a body after a whole head): the well-behaved client's
+/// pooled connections go on being answered at once, and the deadlines cut
+/// the tricklers off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_clients_do_not_slow_down_a_well_behaved_one() {
+    let config = ListenerConfig {
+        max_connections: 32,
+        header_read_timeout: Duration::from_secs(1),
+        body_read_timeout: Duration::from_secs(1),
+        ..ListenerConfig::default()
+    };
+    let s = Running::start(config, true).await;
+    // The portal's proxy keeps a pool of connections (nginx `keepalive`).
+    let mut pool = Vec::new();
+    for _ in 0..2 {
+        let mut c = s.client().await;
+        assert_eq!(c.get("/healthz").await.status, 200);
+        pool.push(c);
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cut_off = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tricklers = Vec::new();
+    for n in 0..64 {
+        let (addr, stop, cut_off) = (s.addr, stop.clone(), cut_off.clone());
+        tricklers.push(tokio::spawn(async move {
+            let Ok(mut stream) = TcpStream::connect(addr).await else {
+                return;
+            };
+            let wire: &[u8] = if n % 2 == 0 {
+                b"POST /v1/check HTTP/1.1\r\nhost: slow\r\ncontent-length: 64\r\n\r\n"
+            } else {
+                b""
+            };
+            if !wire.is_empty() && stream.write_all(wire).await.is_err() {
+                return;
+            }
+            let trickle = if n % 2 == 0 {
+                b"{".repeat(64)
+            } else {
+                b"POST /v1/check HTTP/1.1\r\n".to_vec()
+            };
+            for byte in trickle {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                if stream.write_all(&[byte]).await.is_err() {
+                    cut_off.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let body = check_body("197701012382", "201509162390", "journal");
+    let mut took = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    let mut k = 0;
+    while std::time::Instant::now() < until {
+        let c = &mut pool[k % 2];
+        k += 1;
+        let started = std::time::Instant::now();
+        let r = c.post("/v1/check", &body).await;
+        took.push(started.elapsed());
+        assert_eq!(r.status, 200);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tricklers {
+        let _ = t.await;
+    }
+    took.sort();
+    let p99 = took[took.len() * 99 / 100];
+    assert!(
+        p99 < Duration::from_millis(10),
+        "p99 {p99:?} over {} checks",
+        took.len()
+    );
+    // Those admitted were cut off by the deadlines (writes to a closed
+    // socket fail), not left to hold their slots.
+    assert!(
+        cut_off.load(std::sync::atomic::Ordering::Relaxed) >= 16,
+        "{} tricklers were cut off",
+        cut_off.load(std::sync::atomic::Ordering::Relaxed)
+    );
     s.shutdown().await;
 }
 

@@ -36,6 +36,8 @@ pub enum ErrorCode {
     InvalidRequest,
     /// Over 64 KiB.
     BodyTooLarge,
+    /// The body did not arrive within the listener's deadline.
+    RequestTimeout,
     /// Cannot decide or write now: nothing loaded, the store lost, or a
     /// revision not reached.
     NotReady,
@@ -59,7 +61,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order metrics render them.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidIdentifier,
         ErrorCode::UnsupportedIdentifier,
@@ -67,6 +69,7 @@ impl ErrorCode {
         ErrorCode::InvalidTime,
         ErrorCode::InvalidRequest,
         ErrorCode::BodyTooLarge,
+        ErrorCode::RequestTimeout,
         ErrorCode::NotReady,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
@@ -88,6 +91,7 @@ impl ErrorCode {
             ErrorCode::InvalidTime => "invalid_time",
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::NotReady => "not_ready",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
@@ -115,6 +119,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::AlreadyLifted | ErrorCode::AlreadyConfirmed => 409,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::BodyTooLarge => 413,
             ErrorCode::Internal => 500,
             ErrorCode::NotReady => 503,
@@ -261,6 +266,15 @@ impl ApiError {
             ),
             _ => ApiError::stale(),
         }
+    }
+
+    /// The body did not arrive in time.
+    pub fn request_timeout(within: std::time::Duration) -> Self {
+        ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!("the body did not arrive within {} s", within.as_secs_f64()),
+            None,
+        )
     }
 
     /// The store has been out of reach for longer than `max_staleness`.

@@ -244,8 +244,13 @@ pub async fn run(
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let following = tokio::spawn(follow_readiness(state.clone(), health));
+    // A call (its message included) must finish within the listener's body
+    // deadline, and a peer that stops answering keepalive pings is dropped.
+    let config = state.listener_config();
     let router = tonic::transport::Server::builder()
+        .timeout(config.body_read_timeout)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(config.write_timeout))
         .add_service(health_service)
         .add_service(AuthorizationServer::new(Authz::new(state)));
     let served = match listener {

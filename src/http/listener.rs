@@ -50,6 +50,11 @@ pub struct ListenerConfig {
     pub max_connections: usize,
     /// A client must send a whole request head within this.
     pub header_read_timeout: Duration,
+    /// A request's body must arrive within this of its head (`408`).
+    pub body_read_timeout: Duration,
+    /// A connection whose client reads none of its answer for this long is
+    /// closed.
+    pub write_timeout: Duration,
     /// A connection with no request in flight is closed after this.
     pub idle_timeout: Duration,
     /// How long in-flight requests may take to finish on shutdown.
@@ -66,6 +71,8 @@ impl Default for ListenerConfig {
         ListenerConfig {
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(5),
+            body_read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             authz: AuthzHeaders::default(),
@@ -194,11 +201,12 @@ where
             let fut = handler(req);
             async move { Ok::<_, Infallible>(fut.await) }
         });
-        let (watcher, http, idle, handshake) = (
+        let (watcher, http, idle, handshake, write) = (
             graceful.watcher(),
             http.clone(),
             config.idle_timeout,
             config.header_read_timeout,
+            config.write_timeout,
         );
         let tls = tls.clone();
         let conn_metrics = metrics.clone();
@@ -207,7 +215,7 @@ where
                 let served = match tls {
                     None => {
                         watcher
-                            .watch(http.serve_connection(TokioIo::new(IdleTimeout::new(stream, idle)), service))
+                            .watch(http.serve_connection(TokioIo::new(IdleTimeout::new(stream, idle, write)), service))
                             .await
                     }
                     Some(tls) => match tokio::time::timeout(handshake, tls.acceptor().accept(stream)).await {
@@ -227,7 +235,9 @@ where
                                 service.call(req)
                             });
                             watcher
-                                .watch(http.serve_connection(TokioIo::new(IdleTimeout::new(stream, idle)), service))
+                                .watch(
+                                    http.serve_connection(TokioIo::new(IdleTimeout::new(stream, idle, write)), service),
+                                )
                                 .await
                         }
                         Ok(Err(e)) => {
@@ -280,23 +290,65 @@ mod idle {
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
     use tokio::time::{Instant, Sleep};
 
-    /// A stream with an idle deadline.
+    /// A stream with an idle deadline, and a deadline for each write: a
+    /// client that stops reading its answers loses the connection after
+    /// `write_timeout`.
     #[derive(Debug)]
     pub struct IdleTimeout<S> {
         inner: S,
         timeout: Duration,
         deadline: Pin<Box<Sleep>>,
         active: bool,
+        write_timeout: Duration,
+        /// Armed while a write is blocked on the client.
+        write_deadline: Pin<Box<Sleep>>,
+        write_blocked: bool,
     }
 
     impl<S> IdleTimeout<S> {
         /// Wraps `inner`.
-        pub fn new(inner: S, timeout: Duration) -> Self {
+        pub fn new(inner: S, timeout: Duration, write_timeout: Duration) -> Self {
             IdleTimeout {
                 inner,
                 timeout,
                 deadline: Box::pin(tokio::time::sleep(timeout)),
                 active: false,
+                write_timeout,
+                write_deadline: Box::pin(tokio::time::sleep(write_timeout)),
+                write_blocked: false,
+            }
+        }
+
+        /// A write made progress (`true`) or is blocked (`false`): an error
+        /// once it has been blocked for `write_timeout`.
+        fn write_progress(&mut self, progressed: bool, cx: &mut Context<'_>) -> Option<io::Error> {
+            if progressed {
+                self.write_blocked = false;
+                return None;
+            }
+            if !self.write_blocked {
+                self.write_blocked = true;
+                let at = Instant::now() + self.write_timeout;
+                self.write_deadline.as_mut().reset(at);
+            }
+            self.write_deadline
+                .as_mut()
+                .poll(cx)
+                .is_ready()
+                .then(|| io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))
+        }
+
+        /// Passes `r` on, counting progress and failing a write blocked too long.
+        fn after_write<T>(&mut self, r: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+            match r {
+                Poll::Pending => match self.write_progress(false, cx) {
+                    Some(e) => Poll::Ready(Err(e)),
+                    None => Poll::Pending,
+                },
+                ready => {
+                    self.write_progress(true, cx);
+                    ready
+                }
             }
         }
 
@@ -344,11 +396,12 @@ mod idle {
             {
                 self.touch();
             }
-            r
+            self.after_write(r, cx)
         }
 
         fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_flush(cx)
+            let r = Pin::new(&mut self.inner).poll_flush(cx);
+            self.after_write(r, cx)
         }
 
         fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -366,7 +419,7 @@ mod idle {
             {
                 self.touch();
             }
-            r
+            self.after_write(r, cx)
         }
 
         fn is_write_vectored(&self) -> bool {

@@ -59,6 +59,22 @@ pub(crate) fn error_answer(metrics: &Metrics, endpoint: Endpoint, e: &ApiError) 
     error::render(e)
 }
 
+/// [`read_body`] within `deadline` of the head: a client that trickles its
+/// body gets `408` and loses the connection.
+pub(crate) async fn read_body_within<B>(
+    body: B,
+    declared: Option<u64>,
+    deadline: std::time::Duration,
+) -> Result<Bytes, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    tokio::time::timeout(deadline, read_body(body, declared))
+        .await
+        .unwrap_or_else(|_| Err(ApiError::request_timeout(deadline)))
+}
+
 /// Reads the whole body, refusing more than [`MAX_BODY`]. The usual body
 /// arrives as one frame and is returned as is, without copying.
 pub(crate) async fn read_body<B>(body: B, declared: Option<u64>) -> Result<Bytes, ApiError>

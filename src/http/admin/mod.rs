@@ -51,7 +51,7 @@ use crate::core::time::{self, Instant};
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::metrics::{Endpoint, Metrics};
 use crate::http::tls::ClientCert;
-use crate::http::{error_answer, read_body, respond};
+use crate::http::{error_answer, read_body_within, respond};
 use crate::ndjson;
 use crate::node::Node;
 use crate::store::{Access, AccessQuery, Family, IMPORT_BATCH, ImportMsg, StoreError, Subjects};
@@ -69,18 +69,27 @@ pub struct Admin {
     tz: TimeZone,
     metrics: Arc<Metrics>,
     clock: Clock,
+    /// A JSON body must arrive within this of its head.
+    body_read_timeout: std::time::Duration,
 }
 
 impl Admin {
     /// The admin API over `node`, accepting `tokens`, counting into
     /// `metrics`, with "now" from `clock`.
-    pub fn new(node: Arc<Node>, tokens: Tokens, metrics: Arc<Metrics>, clock: Clock) -> Result<Admin, time::TimeError> {
+    pub fn new(
+        node: Arc<Node>,
+        tokens: Tokens,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        body_read_timeout: std::time::Duration,
+    ) -> Result<Admin, time::TimeError> {
         Ok(Admin {
             node,
             tokens,
             tz: time::stockholm()?,
             metrics,
             clock,
+            body_read_timeout,
         })
     }
 
@@ -257,7 +266,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Result<AdminAnswer, Api
             } else {
                 Family::Restriction
             };
-            let body = read_json(req).await?;
+            let body = read_json(admin, req).await?;
             create(admin, &caller, family, &body).await
         }
         [
@@ -277,7 +286,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Result<AdminAnswer, Api
                 return Err(ApiError::not_found());
             }
             let id = rule_id(id, family)?;
-            let body = read_json(req).await?;
+            let body = read_json(admin, req).await?;
             if *action == "lift" {
                 lift(admin, &caller, family, id, &body).await
             } else {
@@ -327,7 +336,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Result<AdminAnswer, Api
         ["v1", "explain"] => {
             allow(Method::POST)?;
             reader(&caller)?;
-            let body = read_json(req).await?;
+            let body = read_json(admin, req).await?;
             explain(admin, &reading, &body).await
         }
         ["v1", "snapshot"] => {
@@ -392,9 +401,9 @@ fn subject_param<B>(admin: &Admin, req: &Request<B>, from_url: Option<&str>) -> 
 }
 
 /// Reads a JSON object body of at most 64 KiB.
-async fn read_json(req: Request<Incoming>) -> Result<Map<String, Value>, ApiError> {
+async fn read_json(admin: &Admin, req: Request<Incoming>) -> Result<Map<String, Value>, ApiError> {
     let declared = req.body().size_hint().upper();
-    let body = read_body(req.into_body(), declared).await?;
+    let body = read_body_within(req.into_body(), declared, admin.body_read_timeout).await?;
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(ApiError::invalid_body("the body must be a JSON object")),

@@ -28,7 +28,7 @@ use crate::http::error::ApiError;
 use crate::http::listener::{Listener, ListenerConfig, serve};
 use crate::http::metrics::{Endpoint, Metrics, SnapshotGauges};
 use crate::http::tls::Tls;
-use crate::http::{Answer, error_answer, json, read_body, respond};
+use crate::http::{Answer, error_answer, json, read_body_within, respond};
 use crate::node::{Publication, Published};
 
 /// Everything the check listener shares between connections.
@@ -91,6 +91,11 @@ impl State {
     /// The header names `/v1/authz` (and gRPC ext_authz) read.
     pub(crate) fn authz_headers(&self) -> &crate::http::listener::AuthzHeaders {
         &self.config.authz
+    }
+
+    /// The listener's limits.
+    pub(crate) fn listener_config(&self) -> &ListenerConfig {
+        &self.config
     }
 
     /// How long a check waits for a `min_revision` this instance has not
@@ -202,7 +207,7 @@ where
         Endpoint::Authz => read_your_writes(state, || authz(state, &req)).await,
         _ => {
             let declared = req.body().size_hint().upper();
-            match read_body(req.into_body(), declared).await {
+            match read_body_within(req.into_body(), declared, state.config.body_read_timeout).await {
                 Ok(body) => read_your_writes(state, || decision(state, endpoint, &body)).await,
                 Err(e) => Err(e),
             }

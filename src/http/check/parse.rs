@@ -251,16 +251,23 @@ pub fn batch<'s>(snap: &'s Snapshot, body: &[u8], now: Instant) -> Result<Batch<
         return Err(ApiError::invalid_request("checks", "may hold at most 1000 checks"));
     }
     let tz = snap.tz();
-    let outcomes: Vec<Result<(Query, decide::Decision<'s>), ApiError>> = checks
+    let parsed: Vec<Result<(Query, Option<u64>), ApiError>> = checks
         .iter()
         .map(|raw| {
             // An error about the check as a whole, not one of its fields.
-            let q = parse_check(raw.get().as_bytes(), tz, now).map_err(|e| match e.field {
+            parse_check_min(raw.get().as_bytes(), tz, now).map_err(|e| match e.field {
                 Some(_) => e,
                 None => ApiError::invalid_body("each check must be a JSON object"),
-            })?;
-            Ok((q, decide::decide(snap, &q)))
+            })
         })
+        .collect();
+    // A check's own `min_revision` is honoured for the whole batch: every
+    // answer comes from one snapshot, at least as new as any check asks.
+    let wanted = parsed.iter().filter_map(|p| p.as_ref().ok()?.1).max();
+    at_least(snap, wanted)?;
+    let outcomes: Vec<Result<(Query, decide::Decision<'s>), ApiError>> = parsed
+        .into_iter()
+        .map(|p| p.map(|(q, _)| (q, decide::decide(snap, &q))))
         .collect();
     #[derive(Serialize)]
     struct Out<'a> {
