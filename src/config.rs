@@ -91,6 +91,8 @@ pub struct ServerFile {
     pub body_read_timeout_ms: Option<u64>,
     /// Milliseconds a client may leave an answer unread.
     pub write_timeout_ms: Option<u64>,
+    /// Milliseconds a population upload has to arrive whole.
+    pub import_timeout_ms: Option<u64>,
     /// `text` or `json`.
     pub log_format: Option<String>,
     /// Header names for `/v1/authz`.
@@ -281,6 +283,10 @@ pub struct ServeFlags {
     /// connection is closed [default: 10000].
     #[arg(long, env = "GUARDIAN_ACCESS_WRITE_TIMEOUT_MS")]
     pub write_timeout_ms: Option<u64>,
+    /// Milliseconds a population upload has to arrive whole (else 408,
+    /// nothing applied) [default: 1800000].
+    #[arg(long, env = "GUARDIAN_ACCESS_IMPORT_TIMEOUT_MS")]
+    pub import_timeout_ms: Option<u64>,
     /// `text` or `json` [default: text]. The filter is `RUST_LOG` (default `info`).
     #[arg(long, env = "GUARDIAN_ACCESS_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -505,6 +511,12 @@ impl ServeFlags {
             defaults.write_timeout,
             "write_timeout_ms",
         )?;
+        let import_timeout = ms(
+            &self.import_timeout_ms,
+            &f.import_timeout_ms,
+            defaults.import_timeout,
+            "import_timeout_ms",
+        )?;
         let idle_timeout = ms(
             &self.idle_timeout_ms,
             &f.idle_timeout_ms,
@@ -627,6 +639,7 @@ impl ServeFlags {
                 header_read_timeout,
                 body_read_timeout,
                 write_timeout,
+                import_timeout,
                 idle_timeout,
                 authz,
                 min_revision_wait,

@@ -127,7 +127,7 @@ pub fn start(
         }
     }));
 
-    let body_read_timeout = options.listener.body_read_timeout;
+    let limits = options.listener.clone();
     let Options {
         node: node_config,
         settings,
@@ -156,7 +156,7 @@ pub fn start(
             node_config,
         ));
         let _ = opening_nodes.set(node.clone());
-        match Admin::new(node, tokens, metrics, clock, body_read_timeout) {
+        match Admin::new(node, tokens, metrics, clock, &limits) {
             Ok(a) => {
                 let _ = slot.set(Arc::new(a));
             }

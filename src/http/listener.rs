@@ -55,6 +55,9 @@ pub struct ListenerConfig {
     /// A connection whose client reads none of its answer for this long is
     /// closed.
     pub write_timeout: Duration,
+    /// A population upload must arrive whole within this (`408`, nothing
+    /// applied).
+    pub import_timeout: Duration,
     /// A connection with no request in flight is closed after this.
     pub idle_timeout: Duration,
     /// How long in-flight requests may take to finish on shutdown.
@@ -73,6 +76,7 @@ impl Default for ListenerConfig {
             header_read_timeout: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            import_timeout: Duration::from_secs(30 * 60),
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             authz: AuthzHeaders::default(),

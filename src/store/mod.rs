@@ -25,6 +25,7 @@
 pub mod postgres;
 mod protocol;
 mod schema;
+mod spool;
 mod sql;
 pub mod sqlite;
 

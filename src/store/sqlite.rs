@@ -18,6 +18,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::runtime::Handle;
 
 use super::protocol::{self, EachRow, Param, Row, Tx, wide};
+use super::spool::Spool;
 use super::sql::{self, Dialect};
 use super::{Import, ImportMsg, Imported, StoreError};
 use crate::clock::Clock;
@@ -137,6 +138,9 @@ impl SqliteStore {
             } else if !path.exists() {
                 return Err(StoreError::Unavailable(format!("no store at `{}`", path.display())));
             }
+            if let Some(dir) = path.parent() {
+                super::spool::remove_leftovers(dir);
+            }
             let mut writer = connect(&path, create)?;
             let (id, key) = transaction(&mut writer, TransactionBehavior::Immediate, &runtime, async |tx| {
                 protocol::migrate(tx, at).await
@@ -246,35 +250,42 @@ impl SqliteStore {
         .await
     }
 
-    /// See [`super::Store::import`]: one write transaction that upserts the
-    /// records as they arrive.
+    /// See [`super::Store::import`]. The upload is spooled to a private
+    /// file beside the database as it arrives, without the writer: a feed
+    /// that stalls holds a file, not the lock an urgent block needs. Only
+    /// then does one write transaction merge it.
     ///
     /// A new person lands at a random place in `persons` and in the
     /// by-person history index; with the usual page cache a national import
     /// spends its time re-reading pages. The writer gets a large cache for
-    /// the import only and gives the memory back afterwards.
+    /// the merge only and gives the memory back afterwards.
     pub(crate) async fn import(&self, import: Import<'_>) -> Result<Imported, StoreError> {
         let Import { mut rx, by, action } = import;
         let by = by.clone();
+        let dir = self.db.path.parent().map(std::path::Path::to_owned).unwrap_or_default();
+        let mut spool = Spool::create(&dir)?;
+        loop {
+            match rx.recv().await {
+                // Written on the async worker: a batch is a few hundred
+                // kilobytes into a buffered file, page cache only.
+                Some(ImportMsg::Batch(batch)) => spool.write(&batch)?,
+                Some(ImportMsg::End) => break,
+                // Dropped without `End`: nothing was applied; the spool
+                // file is removed.
+                None => return Err(StoreError::Aborted),
+            }
+        }
+        let mut spooled = spool.finish()?;
         self.write_with(Cache::Import, async move |tx, revision, at| {
             let mut writer = PersonWriter::new(tx.conn, revision)?;
-            let (mut upserted, mut changed) = (0u64, 0u64);
-            loop {
-                match rx.recv().await {
-                    Some(ImportMsg::Batch(mut batch)) => {
-                        // In number order, consecutive inserts touch
-                        // neighbouring pages. Stable: a later line for the
-                        // same person still comes later, and wins.
-                        batch.sort_by_key(|p| p.id);
-                        for p in &batch {
-                            upserted += 1;
-                            changed += u64::from(writer.write(p)?);
-                        }
-                    }
-                    Some(ImportMsg::End) => break,
-                    // Dropped without `End`: roll back (the transaction is
-                    // dropped uncommitted).
-                    None => return Err(StoreError::Aborted),
+            let (upserted, mut changed) = (spooled.records, 0u64);
+            while let Some(mut batch) = spooled.next_batch()? {
+                // In number order, consecutive inserts touch neighbouring
+                // pages. Stable: a later line for the same person still
+                // comes later, and wins.
+                batch.sort_by_key(|p| p.id);
+                for p in &batch {
+                    changed += u64::from(writer.write(p)?);
                 }
             }
             drop(writer);

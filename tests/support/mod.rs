@@ -162,12 +162,37 @@ impl Instance {
         Instance::start_inner(store, node, settings, clock, None).await
     }
 
+    /// An instance with the listeners' limits changed from the tests' usual.
+    pub async fn start_limited(store: Store, node: NodeConfig, limits: impl FnOnce(&mut ListenerConfig)) -> Instance {
+        let mut listener = ListenerConfig {
+            min_revision_wait: Duration::from_millis(200),
+            ..ListenerConfig::default()
+        };
+        limits(&mut listener);
+        Instance::start_listening(store, node, Settings::default(), clock(), None, listener).await
+    }
+
     async fn start_inner(
         store: Store,
         node: NodeConfig,
         settings: Settings,
         clock: Clock,
         admin_tls: Option<Arc<guardian_access::http::tls::Tls>>,
+    ) -> Instance {
+        let listener = ListenerConfig {
+            min_revision_wait: Duration::from_millis(200),
+            ..ListenerConfig::default()
+        };
+        Instance::start_listening(store, node, settings, clock, admin_tls, listener).await
+    }
+
+    async fn start_listening(
+        store: Store,
+        node: NodeConfig,
+        settings: Settings,
+        clock: Clock,
+        admin_tls: Option<Arc<guardian_access::http::tls::Tls>>,
+        listener: ListenerConfig,
     ) -> Instance {
         let check = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -177,10 +202,7 @@ impl Instance {
             admin,
             async move { Ok(store) },
             Options {
-                listener: ListenerConfig {
-                    min_revision_wait: Duration::from_millis(200),
-                    ..ListenerConfig::default()
-                },
+                listener,
                 node,
                 settings: Arc::new(settings),
                 tokens: tokens(),

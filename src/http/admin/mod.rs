@@ -71,6 +71,8 @@ pub struct Admin {
     clock: Clock,
     /// A JSON body must arrive within this of its head.
     body_read_timeout: std::time::Duration,
+    /// A population upload must arrive whole within this.
+    import_timeout: std::time::Duration,
 }
 
 impl Admin {
@@ -81,7 +83,7 @@ impl Admin {
         tokens: Tokens,
         metrics: Arc<Metrics>,
         clock: Clock,
-        body_read_timeout: std::time::Duration,
+        limits: &crate::http::listener::ListenerConfig,
     ) -> Result<Admin, time::TimeError> {
         Ok(Admin {
             node,
@@ -89,7 +91,8 @@ impl Admin {
             tz: time::stockholm()?,
             metrics,
             clock,
-            body_read_timeout,
+            body_read_timeout: limits.body_read_timeout,
+            import_timeout: limits.import_timeout,
         })
     }
 
@@ -545,7 +548,7 @@ async fn population(admin: &Admin, caller: &Caller, req: Request<Incoming>) -> R
     let mut reader = ndjson::Reader::new(admin.today());
     let mut body = req.into_body();
     let mut batch: Vec<PersonRecord> = Vec::with_capacity(IMPORT_BATCH);
-    let fed: Result<(), ApiError> = async {
+    let feed = async {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|_| ApiError::invalid_body("the body could not be read"))?;
             let Ok(data) = frame.into_data() else { continue };
@@ -564,8 +567,20 @@ async fn population(admin: &Admin, caller: &Caller, req: Request<Incoming>) -> R
         }
         let _ = tx.send(ImportMsg::End).await;
         Ok(())
-    }
-    .await;
+    };
+    // A feed that stalls for good is cut off whole: nothing is applied.
+    let fed: Result<(), ApiError> = tokio::time::timeout(admin.import_timeout, feed)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the population did not arrive within {} s; nothing was applied",
+                    admin.import_timeout.as_secs_f64()
+                ),
+                None,
+            ))
+        });
     // A bad line: dropping the sender without `End` rolls the import back.
     drop(tx);
     let outcome = import.await.map_err(|e| {
