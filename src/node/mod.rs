@@ -121,6 +121,52 @@ struct Shared {
     /// A PostgreSQL notification arrived.
     wake: Arc<Notify>,
     stop: watch::Sender<bool>,
+    /// The store's digests of the revisions this node read.
+    history: History,
+}
+
+/// The store's digests of the newest revisions this node has caught up to:
+/// on the next catch-up the store must still have the same digest at the
+/// node's revision, or its history is not the one the node followed (an
+/// asynchronous standby promoted after a failover lost what the node had
+/// read) and the node rebuilds instead of carrying on.
+#[derive(Debug, Default)]
+struct History(Mutex<std::collections::VecDeque<(u64, String)>>);
+
+impl History {
+    /// How many revisions are remembered (a fold in the background
+    /// catches up from a revision a little behind the newest).
+    const KEEP: usize = 64;
+
+    /// Forgets everything: a rebuild or a snapshot file starts afresh.
+    fn reset(&self, revision: u64, digest: Option<String>) {
+        if let Ok(mut h) = self.0.lock() {
+            h.clear();
+            if let Some(d) = digest {
+                h.push_back((revision, d));
+            }
+        }
+    }
+
+    /// The store's digest of `revision`, read on a catch-up.
+    fn remember(&self, revision: u64, digest: Option<String>) {
+        let Some(d) = digest else { return };
+        if let Ok(mut h) = self.0.lock() {
+            if h.back().is_some_and(|(r, _)| *r >= revision) {
+                return;
+            }
+            h.push_back((revision, d));
+            while h.len() > Self::KEEP {
+                h.pop_front();
+            }
+        }
+    }
+
+    /// The digest this node read for `revision`, if it remembers one.
+    fn of(&self, revision: u64) -> Option<String> {
+        let h = self.0.lock().ok()?;
+        h.iter().rev().find(|(r, _)| *r == revision).map(|(_, d)| d.clone())
+    }
 }
 
 /// Why a bootstrap or catch-up failed.
@@ -254,6 +300,7 @@ impl Shared {
             kick: Notify::new(),
             wake: Arc::new(Notify::new()),
             stop: watch::channel(false).0,
+            history: History::default(),
         }
     }
 
@@ -269,8 +316,10 @@ impl Shared {
     async fn rebuild(&self) -> Result<Snapshot, NodeError> {
         let started = std::time::Instant::now();
         let loaded = self.store.load().await?;
+        let (revision, digest) = (loaded.revision, loaded.digest.clone());
         let settings = self.settings.clone();
         let snap = blocking(move || build(loaded, settings)).await??;
+        self.history.reset(revision, digest);
         self.cell.sync.rebuilds.fetch_add(1, Relaxed);
         info!(
             revision = snap.revision(),
@@ -314,14 +363,19 @@ impl Shared {
         self.rebuild().await
     }
 
+    /// Reads a snapshot file; its digest becomes what the store's history
+    /// must match on the first catch-up.
     async fn read_file(&self, path: &Path) -> Result<Snapshot, SnapFileError> {
         let path = path.to_owned();
         let id = self.store.id().to_owned();
         let settings = self.settings.clone();
         let key = self.store.snapshot_key().to_vec();
-        tokio::task::spawn_blocking(move || snapfile::read(&path, &id, &key, settings))
-            .await
-            .map_err(|e| SnapFileError::Io(std::io::Error::other(e.to_string())))?
+        let (snap, digest) =
+            tokio::task::spawn_blocking(move || snapfile::read_with_digest(&path, &id, &key, settings))
+                .await
+                .map_err(|e| SnapFileError::Io(std::io::Error::other(e.to_string())))??;
+        self.history.reset(snap.revision(), digest);
+        Ok(snap)
     }
 
     /// Brings `snap` up to the store's head: a delta applied as an overlay,
@@ -329,13 +383,16 @@ impl Shared {
     /// store (a restored backup).
     async fn catch_up(&self, snap: Snapshot) -> Result<Snapshot, NodeError> {
         let after = snap.revision();
-        match self.store.changes(after, self.config.max_delta_persons).await {
+        let expect = self.history.of(after);
+        match self.store.changes(after, expect, self.config.max_delta_persons).await {
             Ok(Changes::UpToDate(_)) => Ok(snap),
             Ok(Changes::Delta {
                 revision,
                 persons,
                 rules,
+                digest,
             }) => {
+                self.history.remember(revision, digest);
                 let n = persons.len();
                 let next = blocking(move || snap.apply(revision, &persons, &rules)).await??;
                 debug!(from = after, to = revision, persons = n, "applied changes");
@@ -399,7 +456,8 @@ impl Shared {
         let revision = snap.revision();
         let started = std::time::Instant::now();
         let key = self.store.snapshot_key().to_vec();
-        match blocking(move || snapfile::write(&path, &snap, &id, &key)).await {
+        let digest = self.history.of(revision);
+        match blocking(move || snapfile::write(&path, &snap, &id, &key, digest.as_deref())).await {
             Ok(Ok(bytes)) => {
                 self.cell.sync.checkpoints.fetch_add(1, Relaxed);
                 info!(

@@ -43,7 +43,7 @@ use crate::core::people::{GuardianEdge, People, RawPeopleError};
 use crate::core::snapshot::{BuildError, Rules, Snapshot};
 use crate::core::time::{Instant, LeapDay};
 
-const MAGIC: [u8; 8] = *b"GASNAP\0\x03";
+const MAGIC: [u8; 8] = *b"GASNAP\0\x04";
 /// Bytes of the authentication tag at the end.
 const TAG: usize = 32;
 
@@ -94,6 +94,8 @@ struct Header {
     child_edges: u64,
     more_guardians_bytes: u64,
     rules_bytes: u64,
+    /// The store's digest of `revision` (its history up to there).
+    digest: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -214,7 +216,13 @@ fn u32s(v: &[u32]) -> impl Iterator<Item = [u8; 4]> + '_ {
 /// Writes `snap` (which must be folded) to `path` atomically: a temporary
 /// file beside it, synced, then renamed over it, then the directory synced.
 /// A crash leaves the old file or the new one, never a mix.
-pub fn write(path: &Path, snap: &Snapshot, store_id: &str, key: &[u8]) -> Result<u64, SnapFileError> {
+pub fn write(
+    path: &Path,
+    snap: &Snapshot,
+    store_id: &str,
+    key: &[u8],
+    digest: Option<&str>,
+) -> Result<u64, SnapFileError> {
     let raw = snap.people().raw().ok_or(SnapFileError::NotFolded)?;
     if snap.rules().overlay_len() != 0 {
         return Err(SnapFileError::NotFolded);
@@ -239,6 +247,7 @@ pub fn write(path: &Path, snap: &Snapshot, store_id: &str, key: &[u8]) -> Result
         child_edges: raw.child_edges.len() as u64,
         more_guardians_bytes: more.len() as u64,
         rules_bytes: rules.len() as u64,
+        digest: digest.map(str::to_owned),
     };
     let header = postcard::to_stdvec(&header).map_err(|_| SnapFileError::Format("cannot encode the header"))?;
 
@@ -347,6 +356,17 @@ fn read_header(r: &mut impl Read, crc: &mut Sums) -> Result<Header, SnapFileErro
 /// Reads the snapshot file at `path`, made from store `store_id`, and
 /// assembles it with `settings` (whose age limits must be the file's).
 pub fn read(path: &Path, store_id: &str, key: &[u8], settings: Arc<Settings>) -> Result<Snapshot, SnapFileError> {
+    read_with_digest(path, store_id, key, settings).map(|(s, _)| s)
+}
+
+/// [`read`], with the store's digest of the file's revision as the file
+/// (authenticated) records it: the history the snapshot was made from.
+pub fn read_with_digest(
+    path: &Path,
+    store_id: &str,
+    key: &[u8],
+    settings: Arc<Settings>,
+) -> Result<(Snapshot, Option<String>), SnapFileError> {
     let file = File::open(path)?;
     let size = file.metadata()?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
@@ -423,12 +443,8 @@ pub fn read(path: &Path, store_id: &str, key: &[u8], settings: Arc<Settings>) ->
     let rules: Vec<FileRule> =
         postcard::from_bytes(&rules).map_err(|_| SnapFileError::Format("the rules cannot be decoded"))?;
     let rules = rules.into_iter().map(FileRule::rule).collect::<Result<Vec<_>, _>>()?;
-    Ok(Snapshot::new(
-        h.revision,
-        settings,
-        Arc::new(people),
-        Arc::new(Rules::new(rules)),
-    )?)
+    let snap = Snapshot::new(h.revision, settings, Arc::new(people), Arc::new(Rules::new(rules)))?;
+    Ok((snap, h.digest))
 }
 
 #[cfg(test)]
@@ -451,7 +467,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("snapshot");
         let snap = demo();
-        write(&path, &snap, "store-a", KEY).unwrap();
+        write(&path, &snap, "store-a", KEY, Some("abc123")).unwrap();
         assert_eq!(
             info(&path).unwrap(),
             FileInfo {
@@ -459,7 +475,8 @@ mod tests {
                 revision: 1
             }
         );
-        let back = read(&path, "store-a", KEY, settings()).unwrap();
+        let (back, digest) = read_with_digest(&path, "store-a", KEY, settings()).unwrap();
+        assert_eq!(digest.as_deref(), Some("abc123"), "the history it was made from");
         assert_eq!(back.revision(), snap.revision());
         assert_eq!(back.people().len(), snap.people().len());
         assert_eq!(back.people().links(), snap.people().links());
@@ -476,7 +493,7 @@ mod tests {
     fn damage_anywhere_is_detected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("snapshot");
-        write(&path, &demo(), "store-a", KEY).unwrap();
+        write(&path, &demo(), "store-a", KEY, None).unwrap();
         let good = std::fs::read(&path).unwrap();
         // A flipped bit at every 97th byte, and a cut at several lengths.
         for i in (0..good.len()).step_by(97) {
@@ -516,7 +533,7 @@ mod tests {
     fn only_this_stores_key_authenticates_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("snapshot");
-        write(&path, &demo(), "store-a", KEY).unwrap();
+        write(&path, &demo(), "store-a", KEY, None).unwrap();
         let good = std::fs::read(&path).unwrap();
         let header_len = u32::from_le_bytes(good[8..12].try_into().unwrap()) as usize;
         let slots = 8 + 4 + header_len + 4;
@@ -555,7 +572,7 @@ mod tests {
     fn edges_must_agree_with_the_guardians_they_name() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("snapshot");
-        write(&path, &demo(), "store-a", KEY).unwrap();
+        write(&path, &demo(), "store-a", KEY, None).unwrap();
         let mut bytes = std::fs::read(&path).unwrap();
         let header_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
         let slots = 8 + 4 + header_len + 4;
@@ -588,9 +605,9 @@ mod tests {
         let rule = snap.rules().iter().next().unwrap().clone();
         let changed = snap.apply(2, &[], &[rule]).unwrap();
         assert!(matches!(
-            write(&dir.path().join("s"), &changed, "x", KEY),
+            write(&dir.path().join("s"), &changed, "x", KEY, None),
             Err(SnapFileError::NotFolded)
         ));
-        write(&dir.path().join("s"), &changed.fold().unwrap(), "x", KEY).unwrap();
+        write(&dir.path().join("s"), &changed.fold().unwrap(), "x", KEY, None).unwrap();
     }
 }

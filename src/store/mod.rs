@@ -330,6 +330,9 @@ pub enum Changes {
         persons: Vec<PersonRecord>,
         /// Changed rules, as they are now.
         rules: Vec<Rule>,
+        /// The digest of `revision` (`None` for revisions written before
+        /// digests).
+        digest: Option<String>,
     },
     /// More persons changed than the caller wants as a delta: load everything.
     TooMany(u64),
@@ -347,6 +350,8 @@ pub struct Loaded {
     pub people: crate::core::people::PeopleBuilder,
     /// Every restriction and grant, lifted ones too.
     pub rules: Vec<Rule>,
+    /// The digest of `revision`, if it has one.
+    pub digest: Option<String>,
 }
 
 /// The result of a committed write.
@@ -753,13 +758,19 @@ impl Store {
 
     /// What changed after `after`; `TooMany` when more than `max_persons`
     /// person records did; `Diverged` when the log does not follow on.
-    pub async fn changes(&self, after: u64, max_persons: u64) -> Result<Changes, StoreError> {
+    ///
+    /// `expect` is the digest the caller holds for `after`: a store whose
+    /// digest there differs answers [`Changes::Diverged`].
+    pub async fn changes(&self, after: u64, expect: Option<String>, max_persons: u64) -> Result<Changes, StoreError> {
         match self {
             Store::Sqlite(s) => {
-                s.read(async move |tx| protocol::changes(tx, after, max_persons).await)
+                s.read(async move |tx| protocol::changes(tx, after, expect.as_deref(), max_persons).await)
                     .await
             }
-            Store::Postgres(s) => s.read(async |tx| protocol::changes(tx, after, max_persons).await).await,
+            Store::Postgres(s) => {
+                s.read(async |tx| protocol::changes(tx, after, expect.as_deref(), max_persons).await)
+                    .await
+            }
         }
     }
 

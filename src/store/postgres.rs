@@ -235,10 +235,34 @@ impl PgStore {
             clock: Clock::system(),
         };
         let (id, key) = store.migrate().await?;
+        match store.durability().await {
+            Ok(d) if !d.survives_failover() => tracing::warn!(
+                synchronous_commit = %d.synchronous_commit,
+                synchronous_standby_names = %d.synchronous_standby_names,
+                "the database does not wait for a synchronous standby: a failover can lose writes this service \
+                 acknowledged (set synchronous_standby_names and synchronous_commit = on or remote_apply)"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the database's durability settings"),
+        }
         Ok(PgStore {
             id: Arc::from(id.as_str()),
             key: Arc::from(key),
             ..store
+        })
+    }
+
+    /// Whether a commit waits for a synchronous standby, as this service's
+    /// sessions see it.
+    pub async fn durability(&self) -> Result<Durability, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let show = async |name: &str| -> Result<String, StoreError> {
+            let row = client.query_one(&format!("SHOW {name}"), &[]).await.map_err(pg)?;
+            Ok(row.get::<_, String>(0))
+        };
+        Ok(Durability {
+            synchronous_commit: show("synchronous_commit").await?,
+            synchronous_standby_names: show("synchronous_standby_names").await?,
         })
     }
 
@@ -450,6 +474,27 @@ async fn notify(tx: &deadpool_postgres::Transaction<'_>, revision: u64) -> Resul
         .await
         .map_err(pg)?;
     Ok(())
+}
+
+/// The database's settings that decide whether an acknowledged write
+/// survives losing the primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Durability {
+    /// `on`, `remote_apply`, `remote_write`, `local` or `off`.
+    pub synchronous_commit: String,
+    /// Empty: no synchronous standby.
+    pub synchronous_standby_names: String,
+}
+
+impl Durability {
+    /// A commit returns only once a synchronous standby has the write on
+    /// disk (`on`) or applied (`remote_apply`): promoting that standby
+    /// loses nothing acknowledged. `remote_write` survives losing the
+    /// primary but not both at once; `local` and `off` do not survive it.
+    pub fn survives_failover(&self) -> bool {
+        !self.synchronous_standby_names.trim().is_empty()
+            && matches!(self.synchronous_commit.as_str(), "on" | "remote_apply")
+    }
 }
 
 /// A transaction on one pooled connection.

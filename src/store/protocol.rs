@@ -226,13 +226,25 @@ pub(crate) async fn record<T: Tx>(
     record: Record<'_>,
 ) -> Result<(), StoreError> {
     let rev = int(revision)?;
+    let detail = record.detail.to_string();
+    let previous = match revision.checked_sub(1) {
+        Some(p) if p > 0 => digest_at(tx, p).await?,
+        _ => None,
+    };
+    let digest = chain(previous.as_deref(), revision, at, &record, &detail)?;
     let at = instant(Some(at));
     tx.exec(
         sql::INSERT_CHANGE,
-        &[rev, at, text(record.kind), int(record.persons)?, int(record.rules)?],
+        &[
+            rev,
+            at,
+            text(record.kind),
+            int(record.persons)?,
+            int(record.rules)?,
+            text(&digest),
+        ],
     )
     .await?;
-    let detail = record.detail.to_string();
     tx.exec(
         sql::INSERT_AUDIT,
         &[
@@ -249,6 +261,50 @@ pub(crate) async fn record<T: Tx>(
     )
     .await?;
     Ok(())
+}
+
+/// The stored digest of `revision`, if it has one.
+pub(crate) async fn digest_at<T: Tx>(tx: &mut T, revision: u64) -> Result<Option<String>, StoreError> {
+    Ok(tx
+        .first(sql::DIGEST_AT, &[int(revision)?], |r| Ok(r.text(0)?.map(str::to_owned)))
+        .await?
+        .flatten())
+}
+
+/// The digest of `revision`: SHA-256 over the previous revision's digest,
+/// a fresh random nonce and what this revision records, as lowercase hex.
+/// Two histories that agree up to a revision have the same digest there;
+/// another write under the same number has another digest, even one that
+/// records the same thing at the same instant (the nonce).
+fn chain(
+    previous: Option<&str>,
+    revision: u64,
+    at: Instant,
+    record: &Record<'_>,
+    detail: &str,
+) -> Result<String, StoreError> {
+    use sha2::Digest as _;
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| StoreError::Unavailable(format!("no randomness: {e}")))?;
+    let mut h = sha2::Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(previous.unwrap_or("").as_bytes());
+    field(&nonce);
+    field(&revision.to_le_bytes());
+    field(&at.as_nanos().to_le_bytes());
+    field(record.kind.as_bytes());
+    field(&record.persons.to_le_bytes());
+    field(&record.rules.to_le_bytes());
+    field(record.by.name.as_bytes());
+    field(record.by.role.as_str().as_bytes());
+    field(record.action.as_bytes());
+    field(&record.subject.map_or(0, Pid::get).to_le_bytes());
+    field(&record.rule_id.unwrap_or(0).to_le_bytes());
+    field(detail.as_bytes());
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Records a population write (`population` or `seed`) that read
@@ -430,11 +486,29 @@ pub(crate) async fn update_rule<T: Tx>(
 }
 
 /// What changed after `after`, in one consistent read transaction.
-pub(crate) async fn changes<T: Tx>(tx: &mut T, after: u64, max_persons: u64) -> Result<Changes, StoreError> {
+/// `expect` is the digest the reader holds for `after` (see
+/// [`digest_at`]): if the store's differs, its history is not the one the
+/// reader followed.
+pub(crate) async fn changes<T: Tx>(
+    tx: &mut T,
+    after: u64,
+    expect: Option<&str>,
+    max_persons: u64,
+) -> Result<Changes, StoreError> {
     let head = revision(tx).await?;
     if head < after {
         return Ok(Changes::Diverged(format!(
             "the store is at revision {head}, behind this instance's {after}"
+        )));
+    }
+    if let Some(expect) = expect
+        && after > 0
+        && let Some(stored) = digest_at(tx, after).await?
+        && stored != expect
+    {
+        return Ok(Changes::Diverged(format!(
+            "the store's history differs from this instance's at revision {after} (a failover to a standby that \
+             had not received it?)"
         )));
     }
     if head == after {
@@ -455,10 +529,12 @@ pub(crate) async fn changes<T: Tx>(tx: &mut T, after: u64, max_persons: u64) -> 
         .all(sql::PERSON_HISTORY_SINCE, &since, |r| PersonRow::read(r)?.record())
         .await?;
     let rules = tx.all(sql::RULES_SINCE, &since, |r| RuleRow::read(r)?.rule()).await?;
+    let digest = digest_at(tx, head).await?;
     Ok(Changes::Delta {
         revision: head,
         persons,
         rules,
+        digest,
     })
 }
 
@@ -479,10 +555,15 @@ pub(crate) async fn load<T: Tx>(tx: &mut T) -> Result<Loaded, StoreError> {
     })
     .await?;
     let rules = tx.all(sql::ALL_RULES, &[], |r| RuleRow::read(r)?.rule()).await?;
+    let digest = match head {
+        0 => None,
+        h => digest_at(tx, h).await?,
+    };
     Ok(Loaded {
         revision: head,
         people,
         rules,
+        digest,
     })
 }
 

@@ -51,7 +51,9 @@ pub(crate) const SNAPSHOT_KEY_CREATE: &str = "UPDATE meta SET snapshot_key = $1 
 pub(crate) const REVISION: &str = "SELECT revision FROM meta WHERE id = 1";
 pub(crate) const NEXT_REVISION: &str = "UPDATE meta SET revision = revision + 1 WHERE id = 1 RETURNING revision";
 pub(crate) const INSERT_CHANGE: &str =
-    "INSERT INTO changes (revision, at, kind, persons, rules) VALUES ($1, $2, $3, $4, $5)";
+    "INSERT INTO changes (revision, at, kind, persons, rules, digest) VALUES ($1, $2, $3, $4, $5, $6)";
+/// The digest of one revision (`NULL`: written before digests, or none).
+pub(crate) const DIGEST_AT: &str = "SELECT digest FROM changes WHERE revision = $1";
 pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit (revision, at, actor, role, action, subject, rule_id, detail, \
      actor_hsa_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
@@ -170,6 +172,7 @@ mod tests {
             SNAPSHOT_KEY_CREATE,
             MIGRATION_APPLIED,
             INSERT_CHANGE,
+            DIGEST_AT,
             INSERT_AUDIT,
             INSERT_RULE,
             GUARDIANS_OF,

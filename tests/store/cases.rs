@@ -111,19 +111,48 @@ pub async fn revisions_are_gapless_and_every_write_is_audited(store: Store) {
         revision,
         persons,
         rules,
-    } = store.changes(0, 1000).await.unwrap()
+        digest,
+    } = store.changes(0, None, 1000).await.unwrap()
     else {
         panic!("expected a delta")
     };
     assert_eq!(revision, 2);
+    // Each revision has a digest of the history up to it: the same history
+    // follows on, any other is noticed.
+    let digest = digest.expect("a digest of revision 2");
+    assert_eq!(digest.len(), 64);
+    assert!(matches!(
+        store.changes(2, Some(digest.clone()), 1000).await.unwrap(),
+        Changes::UpToDate(2)
+    ));
+    assert!(
+        matches!(store.changes(2, Some("0".repeat(64)), 1000).await, Ok(Changes::Diverged(why)) if why.contains("history")),
+        "another history at the same revision"
+    );
+    let loaded = store.load().await.unwrap();
+    assert_eq!(
+        loaded.digest.as_deref(),
+        Some(digest.as_str()),
+        "a full load carries the head's digest"
+    );
+    let Changes::Delta { digest: from_one, .. } = store.changes(1, None, 1000).await.unwrap() else {
+        panic!("expected a delta")
+    };
+    assert_eq!(from_one.as_deref(), Some(digest.as_str()));
+
     assert_eq!(persons, family());
     assert_eq!(rules.len(), 1);
     assert_eq!(rules[0].guardian, Some(pid(MOTHER)));
-    assert!(matches!(store.changes(2, 1000).await.unwrap(), Changes::UpToDate(2)));
-    assert!(matches!(store.changes(1, 1000).await.unwrap(), Changes::Delta { persons, .. } if persons.is_empty()));
-    assert!(matches!(store.changes(0, 0).await.unwrap(), Changes::TooMany(2)));
+    assert!(matches!(
+        store.changes(2, None, 1000).await.unwrap(),
+        Changes::UpToDate(2)
+    ));
     assert!(
-        matches!(store.changes(3, 1000).await, Ok(Changes::Diverged(_))),
+        matches!(store.changes(1, None, 1000).await.unwrap(), Changes::Delta { persons, .. } if persons.is_empty())
+    );
+    assert!(matches!(store.changes(0, None, 0).await.unwrap(), Changes::TooMany(2)));
+    assert!(
+        matches!(store.changes(3, None, 1000).await, Ok(Changes::Diverged(_))),
         "a snapshot ahead of its store"
     );
 
@@ -195,7 +224,7 @@ pub async fn lifting_follows_the_rules(store: Store) {
     assert_eq!(stored.lift.as_ref().unwrap()["threat_assessment_done"], true);
     assert_eq!(stored.lift.as_ref().unwrap()["by"], "Kontaktcenter");
     assert_eq!(stored.revision, lifted.revision);
-    let Changes::Delta { rules, .. } = store.changes(before, 10).await.unwrap() else {
+    let Changes::Delta { rules, .. } = store.changes(before, None, 10).await.unwrap() else {
         panic!()
     };
     assert_eq!(rules.len(), 1);

@@ -227,6 +227,112 @@ impl Cluster {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Runs `sql` on database `db` through the Unix socket, in a session
+    /// that may write even where writes are off by default.
+    pub async fn sql(&self, db: &str, sql: &str) -> Vec<tokio_postgres::SimpleQueryMessage> {
+        let conn = format!(
+            "host={} port={} user=postgres dbname={db} options='-c default_transaction_read_only=off'",
+            self.dir.path().display(),
+            self.port
+        );
+        let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client.simple_query(sql).await.unwrap()
+    }
+
+    /// The first column of the first row `sql` returns.
+    pub async fn value(&self, db: &str, sql: &str) -> Option<String> {
+        self.sql(db, sql).await.into_iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+    }
+
+    /// A streaming standby of this cluster named `name` (its
+    /// `application_name`, for `synchronous_standby_names`): a base backup
+    /// with `pg_basebackup -R`, started on its own port.
+    pub fn standby(&self, name: &str) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("guardian-access-pg-standby-")
+            .tempdir()
+            .unwrap();
+        if self.run_as.is_some() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let standby = Cluster {
+            dir,
+            bin: self.bin.clone(),
+            port: free_port(),
+            run_as: self.run_as.clone(),
+            tls: std::sync::Mutex::new(false),
+        };
+        let source = format!(
+            "host={} port={} user=postgres application_name={name}",
+            self.dir.path().display(),
+            self.port
+        );
+        let out = standby.run(
+            "pg_basebackup",
+            &[
+                "-d",
+                &source,
+                "-D",
+                &standby.data(),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        standby.start_server();
+        standby
+    }
+
+    /// Appends settings to its `postgresql.auto.conf` (while stopped).
+    pub fn configure(&self, lines: &str) {
+        use std::io::Write;
+        let path = Path::new(&self.data()).join("postgresql.auto.conf");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        writeln!(f, "{lines}").unwrap();
+    }
+
+    /// Promotes a standby to a primary and waits until it is one.
+    pub fn promote(&self) {
+        let out = self.run("pg_ctl", &["-D", &self.data(), "-w", "-t", "60", "promote"]);
+        assert!(
+            out.status.success(),
+            "pg_ctl promote: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops the server cleanly (`-m fast`).
+    pub fn stop_fast(&self) {
+        let out = self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 impl Drop for Cluster {
