@@ -100,6 +100,29 @@ fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, PeerError> {
     Ok(Arc::new(config))
 }
 
+/// Streams `body` into `tmp`, syncs it and renames it to `dest`.
+async fn save(mut body: hyper::body::Incoming, tmp: &Path, dest: &Path) -> Result<(), PeerError> {
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(tmp)
+        .await
+        .map_err(transfer)?;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(transfer)?.into_data() {
+            file.write_all(&data).await.map_err(transfer)?;
+        }
+    }
+    // tokio hands writes to a blocking thread: a failed one (a full disk)
+    // is reported by `flush`, not by `write_all` or `sync_all`.
+    file.flush().await.map_err(transfer)?;
+    file.sync_all().await.map_err(transfer)?;
+    drop(file);
+    tokio::fs::rename(tmp, dest).await.map_err(transfer)
+}
+
 /// `GET /v1/snapshot` over `stream`, into `dest`.
 async fn download<S>(stream: S, uri: &Uri, host: &str, peer: &Peer, dest: &Path) -> Result<(), PeerError>
 where
@@ -119,23 +142,12 @@ where
         return Err(PeerError::Status(res.status()));
     }
     let tmp = dest.with_extension("download");
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .await
-        .map_err(transfer)?;
-    let mut body = res.into_body();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.map_err(transfer)?.into_data() {
-            file.write_all(&data).await.map_err(transfer)?;
-        }
+    let saved = save(res.into_body(), &tmp, dest).await;
+    if saved.is_err() {
+        // A full disk or a broken transfer: nothing half-written stays.
+        let _ = tokio::fs::remove_file(&tmp).await;
     }
-    file.sync_all().await.map_err(transfer)?;
-    drop(file);
-    tokio::fs::rename(&tmp, dest).await.map_err(transfer)?;
+    saved?;
     conn.abort();
     Ok(())
 }

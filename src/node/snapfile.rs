@@ -250,15 +250,36 @@ pub fn write(
         digest: digest.map(str::to_owned),
     };
     let header = postcard::to_stdvec(&header).map_err(|_| SnapFileError::Format("cannot encode the header"))?;
-
     let tmp = temp_path(path);
+    let edges = (raw.child_offsets, raw.child_edges);
+    let written = write_file(&tmp, path, key, &header, slot_bytes, edges, &more, &rules);
+    if written.is_err() {
+        // A full disk or another failure: the old file stays as it was and
+        // nothing half-written is left behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Writes the file at `tmp`, syncs it and renames it over `path`.
+#[allow(clippy::too_many_arguments)]
+fn write_file(
+    tmp: &Path,
+    path: &Path,
+    key: &[u8],
+    header: &[u8],
+    slot_bytes: &[u8],
+    edges: (&[u32], &[u32]),
+    more: &[u8],
+    rules: &[u8],
+) -> Result<u64, SnapFileError> {
     // Only the service's user reads it: it holds the whole population.
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&tmp)?;
+        .open(tmp)?;
     let mut out = Crc {
         inner: BufWriter::with_capacity(1 << 20, file),
         crc: crc32fast::Hasher::new(),
@@ -266,14 +287,14 @@ pub fn write(
     };
     out.write_all(&MAGIC)?;
     out.write_all(&(header.len() as u32).to_le_bytes())?;
-    out.write_all(&header)?;
-    out.write_all(&crc32fast::hash(&header).to_le_bytes())?;
+    out.write_all(header)?;
+    out.write_all(&crc32fast::hash(header).to_le_bytes())?;
     out.write_all(slot_bytes)?;
-    for b in u32s(raw.child_offsets).chain(u32s(raw.child_edges)) {
+    for b in u32s(edges.0).chain(u32s(edges.1)) {
         out.write_all(&b)?;
     }
-    out.write_all(&more)?;
-    out.write_all(&rules)?;
+    out.write_all(more)?;
+    out.write_all(rules)?;
     let crc = out.crc.finalize().to_le_bytes();
     let mut tag = out.mac.take().ok_or(SnapFileError::Format("no key"))?;
     hmac::Mac::update(&mut tag, &crc);
@@ -284,7 +305,7 @@ pub fn write(
     file.sync_all()?;
     let size = file.metadata()?.len();
     drop(file);
-    std::fs::rename(&tmp, path)?;
+    std::fs::rename(tmp, path)?;
     if let Some(dir) = path.parent() {
         // Make the rename itself durable.
         File::open(if dir.as_os_str().is_empty() {

@@ -398,6 +398,9 @@ pub enum StoreError {
     /// The store cannot be reached or failed; the write did not happen.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// The store's disk is full; the write did not happen.
+    #[error("the store's disk is full: {0}")]
+    DiskFull(String),
     /// No restriction or grant with that id (in that family).
     #[error("no such restriction or grant")]
     NotFound,

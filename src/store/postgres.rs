@@ -64,6 +64,9 @@ impl std::fmt::Debug for PgStore {
 /// DETAIL lines can quote key values, which may be identity numbers.
 fn pg(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
+        Some(db) if *db.code() == tokio_postgres::error::SqlState::DISK_FULL => {
+            StoreError::DiskFull(format!("{} ({})", db.message(), db.code().code()))
+        }
         Some(db) => StoreError::Unavailable(format!("{} ({})", db.message(), db.code().code())),
         None => StoreError::Unavailable(e.to_string()),
     }

@@ -33,7 +33,10 @@ pub(crate) struct Spool {
 }
 
 fn io(what: &str, e: std::io::Error) -> StoreError {
-    StoreError::Unavailable(format!("the import spool: {what}: {e}"))
+    match e.kind() {
+        std::io::ErrorKind::StorageFull => StoreError::DiskFull(format!("the import spool: {what}: {e}")),
+        _ => StoreError::Unavailable(format!("the import spool: {what}: {e}")),
+    }
 }
 
 impl Spool {

@@ -27,7 +27,10 @@ use crate::core::time::Instant;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
-        StoreError::Unavailable(e.to_string())
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::DiskFull(e.to_string()),
+            _ => StoreError::Unavailable(e.to_string()),
+        }
     }
 }
 

@@ -186,6 +186,14 @@ fn store_error(e: StoreError, family: Family) -> ApiError {
             "as_of_revision",
             &format!("is after the store's newest revision, {head}"),
         ),
+        StoreError::DiskFull(why) => {
+            error!(error = %why, "the store's disk is full; nothing was written");
+            ApiError::new(
+                ErrorCode::NotReady,
+                "the store's disk is full; nothing was written. Checks go on from memory",
+                None,
+            )
+        }
         StoreError::Unavailable(why) => {
             error!(error = %why, "store unavailable; nothing was written");
             ApiError::new(
