@@ -75,7 +75,8 @@ impl Conn {
                     .split("\r\n")
                     .find_map(|l| {
                         let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().unwrap())
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().unwrap())
                     })
                     .unwrap_or(0);
                 while self.buf.len() < end + 4 + len {
@@ -131,9 +132,16 @@ async fn main() {
     let minutes = arg(&args, "--minutes", 10.0);
     let every = Duration::from_secs_f64(arg(&args, "--sample-seconds", 10.0));
     let scale = Scale::fraction(fraction);
-    let base = tempfile::Builder::new().prefix("guardian-access-soak-").tempdir().unwrap();
+    let base = tempfile::Builder::new()
+        .prefix("guardian-access-soak-")
+        .tempdir()
+        .unwrap();
     let data = base.path().join("data");
-    println!("scale {fraction} ({} children), {minutes} minutes, in {}", scale.children, base.path().display());
+    println!(
+        "scale {fraction} ({} children), {minutes} minutes, in {}",
+        scale.children,
+        base.path().display()
+    );
 
     // The population, imported into the store before the service starts.
     let population = synth::population(scale, 42).unwrap();
@@ -145,7 +153,11 @@ async fn main() {
     let t = Instant::now();
     let imported = import_file(&store, &file).await;
     std::fs::remove_file(&file).unwrap();
-    println!("imported {} persons in {:.1} s", imported.upserted, t.elapsed().as_secs_f64());
+    println!(
+        "imported {} persons in {:.1} s",
+        imported.upserted,
+        t.elapsed().as_secs_f64()
+    );
     let i = support::Instance::start(store, support::quick_node(Some(data.clone()))).await;
     println!("ready: revision {}, RSS {:.0} MB", i.revision(), status_mb("VmRSS"));
 
@@ -194,7 +206,7 @@ async fn main() {
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 n += 1;
-                if n % 5 == 0
+                if n.is_multiple_of(5)
                     && let Some(id) = created.pop()
                 {
                     let lift = json!({"issuing_unit": support::UNIT, "decided_by": {"name": "Verksamhetschef"},
@@ -212,7 +224,12 @@ async fn main() {
                 let block = json!({"kind": "block", "subject": kid.id.to_string(), "issuing_unit": support::UNIT,
                                    "decided_by": {"name": "Verksamhetschef"}, "basis": "Orosanmälan",
                                    "reference": format!("Dnr 2026-{n}")});
-                let req = request("/v1/restrictions", Some(support::UNIT_TOKEN), "application/json", &block.to_string());
+                let req = request(
+                    "/v1/restrictions",
+                    Some(support::UNIT_TOKEN),
+                    "application/json",
+                    &block.to_string(),
+                );
                 match conn.roundtrip(&req).await {
                     (201, body) => {
                         counts.writes.fetch_add(1, Ordering::Relaxed);
@@ -249,11 +266,19 @@ async fn main() {
                     } else {
                         kid.guardians.iter().map(ToString::to_string).collect()
                     };
-                    body.push_str(&json!({"id": kid.id.to_string(), "protected": kid.protected, "guardians": guardians}).to_string());
+                    body.push_str(
+                        &json!({"id": kid.id.to_string(), "protected": kid.protected, "guardians": guardians})
+                            .to_string(),
+                    );
                     body.push('\n');
                 }
                 let mut conn = Conn::open(addr).await;
-                let req = request("/v1/population", Some(support::POPULATION), "application/x-ndjson", &body);
+                let req = request(
+                    "/v1/population",
+                    Some(support::POPULATION),
+                    "application/x-ndjson",
+                    &body,
+                );
                 match conn.roundtrip(&req).await.0 {
                     200 => counts.imports.fetch_add(1, Ordering::Relaxed),
                     _ => counts.failures.fetch_add(1, Ordering::Relaxed),

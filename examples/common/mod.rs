@@ -80,4 +80,3 @@ pub async fn import_file(store: &Store, file: &Path) -> guardian_access::store::
     reader.await.unwrap();
     imported
 }
-

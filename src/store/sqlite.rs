@@ -269,17 +269,22 @@ impl SqliteStore {
         let mut spool = Spool::create(&dir)?;
         loop {
             match rx.recv().await {
-                // Written on the async worker: a batch is a few hundred
-                // kilobytes into a buffered file, page cache only.
-                Some(ImportMsg::Batch(batch)) => spool.write(&batch)?,
+                // Written off the async workers (the check listener shares
+                // them): a slow or full disk must not stall a check.
+                Some(ImportMsg::Batch(batch)) => {
+                    spool = tokio::task::spawn_blocking(move || spool.write(&batch).map(|()| spool))
+                        .await
+                        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))??;
+                }
                 Some(ImportMsg::End) => break,
                 // Dropped without `End`: nothing was applied; the spool
                 // file is removed.
                 None => return Err(StoreError::Aborted),
             }
         }
-        let mut spooled = spool.finish()?;
         self.write_with(Cache::Import, async move |tx, revision, at| {
+            // On the blocking pool: its last buffer is flushed here.
+            let mut spooled = spool.finish()?;
             let mut writer = PersonWriter::new(tx.conn, revision)?;
             let (upserted, mut changed) = (spooled.records, 0u64);
             while let Some(mut batch) = spooled.next_batch()? {

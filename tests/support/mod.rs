@@ -222,9 +222,10 @@ impl Instance {
         i
     }
 
-    /// Waits until checks are answered.
+    /// Waits until checks are answered (a national snapshot, for the
+    /// examples, takes a while to build).
     pub async fn ready(&self) {
-        for _ in 0..500 {
+        for _ in 0..6000 {
             if get(self.check, "/readyz", &[]).await.status == 200 {
                 return;
             }
