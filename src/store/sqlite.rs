@@ -241,7 +241,14 @@ impl SqliteStore {
         blocking(move |runtime| {
             let mut conn = match lock(&db.readers).pop() {
                 Some(c) => c,
-                None => connect(&db.path, false)?,
+                None => {
+                    let conn = connect(&db.path, false)?;
+                    // Readers follow the change log (recent, appended pages)
+                    // or scan whole tables (a rebuild): a small cache will
+                    // do, and keeps the process's memory flat.
+                    conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
+                    conn
+                }
             };
             let out = transaction(&mut conn, TransactionBehavior::Deferred, &runtime, f);
             let mut pool = lock(&db.readers);
@@ -282,7 +289,12 @@ impl SqliteStore {
                 None => return Err(StoreError::Aborted),
             }
         }
-        self.write_with(Cache::Import, async move |tx, revision, at| {
+        let cache = if spool.records > LARGE_IMPORT {
+            Cache::Import
+        } else {
+            Cache::Usual
+        };
+        self.write_with(cache, async move |tx, revision, at| {
             // On the blocking pool: its last buffer is flushed here.
             let mut spooled = spool.finish()?;
             let mut writer = PersonWriter::new(tx.conn, revision)?;
@@ -312,6 +324,12 @@ impl SqliteStore {
 const IMPORT_CACHE_KIB: i64 = 256 * 1024;
 /// Page cache of the writer otherwise, in KiB.
 const CACHE_KIB: i64 = 64 * 1024;
+/// Page cache of each reader connection, in KiB.
+const READER_CACHE_KIB: i64 = 8 * 1024;
+/// Imports of more records than this get the large page cache; smaller
+/// ones (a day's changes) do with the usual one, so that the process's
+/// memory does not swell and shrink with every delta.
+const LARGE_IMPORT: u64 = 200_000;
 
 /// Which page cache a write runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
