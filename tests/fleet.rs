@@ -54,7 +54,11 @@ fn population() -> String {
         json!({"id": kid2(), "protected": false, "guardians": [KID2_G]}),
     ]
     .into_iter()
-    .chain(many().iter().map(|k| json!({"id": k, "protected": false, "guardians": [MOTHER]})))
+    .chain(
+        many()
+            .iter()
+            .map(|k| json!({"id": k, "protected": false, "guardians": [MOTHER]})),
+    )
     .map(|l| format!("{l}\n"))
     .collect()
 }
@@ -230,9 +234,13 @@ async fn concurrent_writers_on_different_nodes_get_one_total_order() {
         let admin = i.admin;
         async move {
             let auth = format!("Bearer {AUDITOR}");
-            let v = support::get(admin, &format!("/v1/subjects/{}", many()[0]), &[("authorization", &auth)])
-                .await
-                .json();
+            let v = support::get(
+                admin,
+                &format!("/v1/subjects/{}", many()[0]),
+                &[("authorization", &auth)],
+            )
+            .await
+            .json();
             (v["restrictions"].as_array().unwrap().len(), v["revision"].as_u64())
         }
     };
