@@ -93,6 +93,9 @@ pub struct ServerFile {
     pub write_timeout_ms: Option<u64>,
     /// Milliseconds a population upload has to arrive whole.
     pub import_timeout_ms: Option<u64>,
+    /// Milliseconds a write waits to be visible to checks before it
+    /// answers 503 and the instance stops answering until it is.
+    pub visible_within_ms: Option<u64>,
     /// `text` or `json`.
     pub log_format: Option<String>,
     /// Header names for `/v1/authz`.
@@ -287,6 +290,11 @@ pub struct ServeFlags {
     /// nothing applied) [default: 1800000].
     #[arg(long, env = "GUARDIAN_ACCESS_IMPORT_TIMEOUT_MS")]
     pub import_timeout_ms: Option<u64>,
+    /// Milliseconds a write waits to be visible to checks; past it the write
+    /// answers 503 and checks answer 503 until it is [default: 10000; a
+    /// population import at least 120000].
+    #[arg(long, env = "GUARDIAN_ACCESS_VISIBLE_WITHIN_MS")]
+    pub visible_within_ms: Option<u64>,
     /// `text` or `json` [default: text]. The filter is `RUST_LOG` (default `info`).
     #[arg(long, env = "GUARDIAN_ACCESS_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -614,7 +622,14 @@ impl ServeFlags {
         }
         let poll_ms = f.poll_ms.unwrap_or(if fleet { 500 } else { 1000 }).max(1);
         let node_defaults = NodeConfig::default();
+        let visible_within = ms(
+            &self.visible_within_ms,
+            &f.visible_within_ms,
+            node_defaults.visible_within,
+            "visible_within_ms",
+        )?;
         let node = NodeConfig {
+            visible_within,
             fold_at: f.fold_at.unwrap_or(node_defaults.fold_at).max(1),
             max_staleness,
             poll_every: Duration::from_millis(poll_ms),

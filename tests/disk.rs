@@ -143,15 +143,25 @@ async fn a_full_disk_refuses_writes_keeps_answering_and_recovers() {
     assert_eq!(r.status, 200, "{}", r.text());
     until_counted(&i, "checkpoints", 1).await;
     let snapshot = disk.path().join("snapshot");
+    let counted = status(&i).await;
+    let (folds, checkpoints) = (
+        counted["store"]["folds"].as_u64().unwrap(),
+        counted["store"]["checkpoints"].as_u64().unwrap(),
+    );
+    let before = std::fs::read(&snapshot).unwrap();
+    // A write makes a checkpoint due in 300 ms; the disk is full first.
     let r = i.admin_post(UNIT_TOKEN, "/v1/restrictions", &block(MOTHER)).await;
     assert_eq!(r.status, 201, "{}", r.text());
-    let folds = status(&i).await["store"]["folds"].as_u64().unwrap();
-
-    // Full: the pending checkpoint fails, and leaves the old file whole.
-    let before = std::fs::read(&snapshot).unwrap();
     let filler = disk.fill();
+
+    // The checkpoint fails, and leaves the old file whole.
     until_counted(&i, "folds", folds + 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        status(&i).await["store"]["checkpoints"].as_u64().unwrap(),
+        checkpoints,
+        "the checkpoint after the fold was not written"
+    );
     assert_eq!(
         std::fs::read(&snapshot).unwrap(),
         before,

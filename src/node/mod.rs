@@ -131,7 +131,12 @@ struct Shared {
 /// asynchronous standby promoted after a failover lost what the node had
 /// read) and the node rebuilds instead of carrying on.
 #[derive(Debug, Default)]
-struct History(Mutex<std::collections::VecDeque<(u64, String)>>);
+struct History {
+    digests: Mutex<std::collections::VecDeque<(u64, String)>>,
+    /// Counts resets: a fold started before one belongs to a history that
+    /// may no longer be the store's, and is thrown away.
+    generation: std::sync::atomic::AtomicU64,
+}
 
 impl History {
     /// How many revisions are remembered (a fold in the background
@@ -140,7 +145,8 @@ impl History {
 
     /// Forgets everything: a rebuild or a snapshot file starts afresh.
     fn reset(&self, revision: u64, digest: Option<String>) {
-        if let Ok(mut h) = self.0.lock() {
+        self.generation.fetch_add(1, Relaxed);
+        if let Ok(mut h) = self.digests.lock() {
             h.clear();
             if let Some(d) = digest {
                 h.push_back((revision, d));
@@ -151,7 +157,7 @@ impl History {
     /// The store's digest of `revision`, read on a catch-up.
     fn remember(&self, revision: u64, digest: Option<String>) {
         let Some(d) = digest else { return };
-        if let Ok(mut h) = self.0.lock() {
+        if let Ok(mut h) = self.digests.lock() {
             if h.back().is_some_and(|(r, _)| *r >= revision) {
                 return;
             }
@@ -164,8 +170,13 @@ impl History {
 
     /// The digest this node read for `revision`, if it remembers one.
     fn of(&self, revision: u64) -> Option<String> {
-        let h = self.0.lock().ok()?;
+        let h = self.digests.lock().ok()?;
         h.iter().rev().find(|(r, _)| *r == revision).map(|(_, d)| d.clone())
+    }
+
+    /// How many resets there have been.
+    fn generation(&self) -> u64 {
+        self.generation.load(Relaxed)
     }
 }
 
@@ -222,12 +233,16 @@ impl Node {
     /// the node stops answering) and `false` is returned; the write is
     /// committed either way.
     pub async fn wait_applied(&self, revision: u64) -> bool {
+        self.wait_applied_within(revision, self.shared.config.visible_within)
+            .await
+    }
+
+    /// [`Node::wait_applied`] with another deadline (a population import
+    /// that rebuilds the snapshot takes longer than a restriction).
+    pub async fn wait_applied_within(&self, revision: u64, within: Duration) -> bool {
         self.shared.kick.notify_one();
         let cell = &self.shared.cell;
-        if cell
-            .wait_for_revision(revision, self.shared.config.visible_within)
-            .await
-        {
+        if cell.wait_for_revision(revision, within).await {
             return true;
         }
         cell.hold_until(revision);
@@ -268,7 +283,7 @@ pub async fn load_once(store: Store, settings: Arc<Settings>, config: NodeConfig
     let cell = Arc::new(Publication::new(Clock::system()));
     let shared = Shared::new(store, cell, settings, config);
     let snap = shared.initial().await?;
-    shared.catch_up(snap).await
+    shared.catch_up(snap, None).await
 }
 
 /// Runs a CPU-bound step off the async workers (the check listener shares
@@ -379,11 +394,13 @@ impl Shared {
     }
 
     /// Brings `snap` up to the store's head: a delta applied as an overlay,
-    /// or a full build when too much changed or the file is ahead of the
-    /// store (a restored backup).
-    async fn catch_up(&self, snap: Snapshot) -> Result<Snapshot, NodeError> {
+    /// or a full build when too much changed, the file is ahead of the
+    /// store (a restored backup) or the store's history is not the one
+    /// `snap` was made from (`known`, else the digest remembered for its
+    /// revision).
+    async fn catch_up(&self, snap: Snapshot, known: Option<String>) -> Result<Snapshot, NodeError> {
         let after = snap.revision();
-        let expect = self.history.of(after);
+        let expect = known.or_else(|| self.history.of(after));
         match self.store.changes(after, expect, self.config.max_delta_persons).await {
             Ok(Changes::UpToDate(_)) => Ok(snap),
             Ok(Changes::Delta {
@@ -408,7 +425,12 @@ impl Shared {
             }
             Ok(Changes::Diverged(why)) => {
                 warn!(reason = %why, "the snapshot does not follow the store: rebuilding");
-                self.rebuild().await
+                let rebuilt = self.rebuild().await?;
+                // A write held for publication that this store does not
+                // have will never be published: its client was told to
+                // read it back.
+                self.cell.forget_hold_above(rebuilt.revision());
+                Ok(rebuilt)
             }
             Err(e) => Err(e.into()),
         }
@@ -423,8 +445,12 @@ impl Shared {
     }
 
     /// Folds `snap` and writes it as the snapshot file, in the background.
-    fn fold_in_background(self: &Arc<Self>, snap: Snapshot) -> JoinHandle<Option<Snapshot>> {
+    /// A fold that a rebuild overtook (another history, perhaps) is thrown
+    /// away, checkpoint and all.
+    fn fold_in_background(self: &Arc<Self>, snap: Snapshot) -> Fold {
         let shared = self.clone();
+        let generation = self.history.generation();
+        let digest = self.history.of(snap.revision());
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             let folded = match blocking(move || snap.fold()).await {
@@ -444,19 +470,27 @@ impl Shared {
                 seconds = started.elapsed().as_secs_f64(),
                 "folded"
             );
-            shared.checkpoint(folded.clone()).await;
-            Some(folded)
+            if shared.history.generation() != generation {
+                info!("the snapshot was rebuilt while folding: the fold is discarded");
+                return None;
+            }
+            shared.checkpoint(folded.clone(), digest.clone()).await;
+            Some(Folded {
+                snapshot: folded,
+                digest,
+                generation,
+            })
         })
     }
 
-    /// Writes `snap` (folded) as the snapshot file.
-    async fn checkpoint(&self, snap: Snapshot) {
+    /// Writes `snap` (folded) as the snapshot file, with the store's digest
+    /// of its revision.
+    async fn checkpoint(&self, snap: Snapshot, digest: Option<String>) {
         let Some(path) = self.snapshot_path() else { return };
         let id = self.store.id().to_owned();
         let revision = snap.revision();
         let started = std::time::Instant::now();
         let key = self.store.snapshot_key().to_vec();
-        let digest = self.history.of(revision);
         match blocking(move || snapfile::write(&path, &snap, &id, &key, digest.as_deref())).await {
             Ok(Ok(bytes)) => {
                 self.cell.sync.checkpoints.fetch_add(1, Relaxed);
@@ -479,13 +513,21 @@ enum Event {
     Work,
     /// The notification connection was lost.
     Lost,
-    /// A background fold finished (`None` if it failed).
-    Folded(Option<Snapshot>),
+    /// A background fold finished (`None` if it failed or was discarded).
+    Folded(Option<Folded>),
     /// Stop.
     Stop,
 }
 
-type Fold = JoinHandle<Option<Snapshot>>;
+/// A finished fold: the folded snapshot, the store's digest of its
+/// revision, and the history generation it was made in.
+struct Folded {
+    snapshot: Snapshot,
+    digest: Option<String>,
+    generation: u64,
+}
+
+type Fold = JoinHandle<Option<Folded>>;
 
 /// Waits for something to do: a kick, a notification, a check that wants a
 /// newer revision, the poll tick, a finished fold, or the stop signal.
@@ -520,7 +562,7 @@ async fn run(shared: Arc<Shared>) {
         }
         let attempt = async {
             let snap = shared.initial().await?;
-            shared.catch_up(snap).await
+            shared.catch_up(snap, None).await
         };
         match attempt.await {
             Ok(s) => break s,
@@ -560,6 +602,7 @@ async fn run(shared: Arc<Shared>) {
             }
         }
         let mut base = current.clone();
+        let mut known = None;
         let mut folded_now = false;
         match wait(&shared, &mut listening, &mut fold).await {
             Event::Stop => break,
@@ -573,14 +616,20 @@ async fn run(shared: Arc<Shared>) {
                 last_checkpoint = std::time::Instant::now();
                 // Same answers on fresh bases; what committed meanwhile is
                 // applied on top of it below.
-                if let Some(folded) = done {
-                    base = folded;
+                // A rebuild since the fold started may have found another
+                // history: then the fold is stale (its task discards it
+                // too, but a rebuild may come after it finished).
+                if let Some(f) = done
+                    && f.generation == shared.history.generation()
+                {
+                    base = f.snapshot;
+                    known = f.digest;
                     folded_now = true;
                 }
             }
         }
 
-        match shared.catch_up(base.clone()).await {
+        match shared.catch_up(base.clone(), known).await {
             Ok(next) => {
                 if folded_now || next.revision() != current.revision() {
                     current = next;

@@ -100,6 +100,15 @@ fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, PeerError> {
     Ok(Arc::new(config))
 }
 
+/// Removes a download's temporary file unless forgotten (after the rename).
+struct Partial<'a>(&'a Path);
+
+impl Drop for Partial<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
+    }
+}
+
 /// Streams `body` into `tmp`, syncs it and renames it to `dest`.
 async fn save(mut body: hyper::body::Incoming, tmp: &Path, dest: &Path) -> Result<(), PeerError> {
     let mut file = tokio::fs::OpenOptions::new()
@@ -142,12 +151,11 @@ where
         return Err(PeerError::Status(res.status()));
     }
     let tmp = dest.with_extension("download");
-    let saved = save(res.into_body(), &tmp, dest).await;
-    if saved.is_err() {
-        // A full disk or a broken transfer: nothing half-written stays.
-        let _ = tokio::fs::remove_file(&tmp).await;
-    }
-    saved?;
+    // A full disk, a broken transfer or the caller's timeout (which drops
+    // this future mid-way): nothing half-written stays.
+    let partial = Partial(&tmp);
+    save(res.into_body(), &tmp, dest).await?;
+    std::mem::forget(partial);
     conn.abort();
     Ok(())
 }

@@ -90,6 +90,19 @@ impl Publication {
         self.release(self.revision());
     }
 
+    /// Ends a hold on a revision after `head`: after a rebuild from a store
+    /// whose history does not have it, it would never be published.
+    pub(crate) fn forget_hold_above(&self, head: u64) {
+        let held = self.held.load(SeqCst);
+        if held > head && self.held.compare_exchange(held, 0, SeqCst, SeqCst).is_ok() {
+            tracing::warn!(
+                revision = held,
+                head,
+                "the held write is not in the store's history: answering again from the store's head"
+            );
+        }
+    }
+
     /// Ends a hold that `published` satisfies.
     fn release(&self, published: u64) {
         let held = self.held.load(SeqCst);

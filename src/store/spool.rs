@@ -3,8 +3,9 @@
 //! the single writer. A stalled feed then holds a file, not the lock an
 //! urgent block needs (SPEC §7).
 //!
-//! The file lives only for one import: removed when the import ends, and
-//! any left by a crash are removed when the store opens. It is not synced:
+//! The file has no name (`O_TMPFILE`): it lives only as long as the import
+//! holds it, nothing is left by a crash, and another process opening the
+//! same store (the command line) cannot touch it. It is not synced:
 //! the merge's commit is what makes an import durable. Each batch is
 //! `u32` count, then per record `u64` id, `i32` birth date (`yyyymmdd`, 0
 //! for none), `u8` protected, `u8` guardian count and `u64` per guardian,
@@ -16,18 +17,14 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 use jiff::civil::Date;
-use tempfile::NamedTempFile;
 
 use super::StoreError;
 use crate::core::identity::Pid;
 use crate::core::people::PersonRecord;
 
-/// The suffix of spool files in the data directory.
-const SUFFIX: &str = ".import-spool";
-
-/// A spool being written; removed when dropped.
+/// A spool being written; gone when dropped.
 pub(crate) struct Spool {
-    out: BufWriter<NamedTempFile>,
+    out: BufWriter<File>,
     /// Records written.
     pub(crate) records: u64,
 }
@@ -42,12 +39,8 @@ fn io(what: &str, e: std::io::Error) -> StoreError {
 impl Spool {
     /// A new, private spool file in `dir`.
     pub(crate) fn create(dir: &Path) -> Result<Spool, StoreError> {
-        // `0600`, a fresh random name, removed when dropped.
-        let file = tempfile::Builder::new()
-            .prefix("population-")
-            .suffix(SUFFIX)
-            .tempfile_in(dir)
-            .map_err(|e| io("cannot create it", e))?;
+        // No name, `0600`, freed when closed.
+        let file = tempfile::tempfile_in(dir).map_err(|e| io("cannot create it", e))?;
         Ok(Spool {
             out: BufWriter::with_capacity(1 << 20, file),
             records: 0,
@@ -59,9 +52,7 @@ impl Spool {
         let count =
             u32::try_from(batch.len()).map_err(|_| StoreError::Corrupt("an import batch is too large".into()))?;
         let out = &mut self.out;
-        let w = |out: &mut BufWriter<NamedTempFile>, bytes: &[u8]| {
-            out.write_all(bytes).map_err(|e| io("cannot write it", e))
-        };
+        let w = |out: &mut BufWriter<File>, bytes: &[u8]| out.write_all(bytes).map_err(|e| io("cannot write it", e));
         w(out, &count.to_le_bytes())?;
         for p in batch {
             w(out, &p.id.get().to_le_bytes())?;
@@ -80,23 +71,22 @@ impl Spool {
 
     /// Finishes writing; the spool is read back batch by batch.
     pub(crate) fn finish(self) -> Result<Spooled, StoreError> {
-        let file = self
+        use std::io::Seek;
+        let mut file = self
             .out
             .into_inner()
             .map_err(|e| io("cannot write it", e.into_error()))?;
-        let input = file.reopen().map_err(|e| io("cannot read it back", e))?;
+        file.rewind().map_err(|e| io("cannot read it back", e))?;
         Ok(Spooled {
-            _file: file,
-            input: BufReader::with_capacity(1 << 20, input),
+            input: BufReader::with_capacity(1 << 20, file),
             records: self.records,
         })
     }
 }
 
-/// A written spool, read back in the batches it was written in; removed
-/// when dropped.
+/// A written spool, read back in the batches it was written in; gone when
+/// dropped.
 pub(crate) struct Spooled {
-    _file: NamedTempFile,
     input: BufReader<File>,
     /// Records in it.
     pub(crate) records: u64,
@@ -131,16 +121,6 @@ impl Spooled {
             });
         }
         Ok(Some(batch))
-    }
-}
-
-/// Removes spool files a crash left in `dir`.
-pub(crate) fn remove_leftovers(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        if e.file_name().to_str().is_some_and(|n| n.ends_with(SUFFIX)) {
-            let _ = std::fs::remove_file(e.path());
-        }
     }
 }
 
@@ -186,7 +166,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_spool_reads_back_what_was_written_and_removes_itself() {
+    fn a_spool_reads_back_what_was_written_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let today = jiff::civil::date(2026, 11, 23);
         let kid = Pid::parse("201509162390", today).unwrap();
@@ -217,13 +197,12 @@ mod tests {
         }
         assert_eq!(back, batches);
         drop(spooled);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "removed");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "it never had a name");
     }
 
     #[test]
-    fn a_truncated_spool_is_an_error_and_leftovers_are_removed() {
+    fn a_truncated_spool_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::create(dir.path()).unwrap();
         let today = jiff::civil::date(2026, 11, 23);
         let kid = Pid::parse("201509162390", today).unwrap();
         let rec = PersonRecord {
@@ -232,21 +211,14 @@ mod tests {
             protected: false,
             guardians: vec![],
         };
+        let mut spool = Spool::create(dir.path()).unwrap();
         spool.write(&[rec]).unwrap();
+        spool.out.flush().unwrap();
+        // Cut the batch of one short by three bytes.
+        let f = spool.out.get_mut();
+        let len = f.metadata().unwrap().len();
+        f.set_len(len - 3).unwrap();
         let mut spooled = spool.finish().unwrap();
-        let path = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
-        let bytes = std::fs::read(&path).unwrap();
-        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         assert!(matches!(spooled.next_batch(), Err(StoreError::Corrupt(_))));
-        drop(spooled);
-        std::fs::write(dir.path().join(format!("x{SUFFIX}")), b"left by a crash").unwrap();
-        std::fs::write(dir.path().join("keep"), b"not a spool").unwrap();
-        remove_leftovers(dir.path());
-        let left: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        assert_eq!(left, vec![std::ffi::OsString::from("keep")]);
     }
 }

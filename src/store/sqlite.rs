@@ -141,9 +141,6 @@ impl SqliteStore {
             } else if !path.exists() {
                 return Err(StoreError::Unavailable(format!("no store at `{}`", path.display())));
             }
-            if let Some(dir) = path.parent() {
-                super::spool::remove_leftovers(dir);
-            }
             let mut writer = connect(&path, create)?;
             let (id, key) = transaction(&mut writer, TransactionBehavior::Immediate, &runtime, async |tx| {
                 protocol::migrate(tx, at).await

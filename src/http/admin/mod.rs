@@ -428,10 +428,19 @@ async fn read_json(admin: &Admin, req: Request<Incoming>) -> Result<Map<String, 
 /// (a portal then fails closed instead of trusting an answer that may miss
 /// the write).
 async fn visible(admin: &Admin, revision: u64) -> Result<(), ApiError> {
-    if admin.node.wait_applied(revision).await {
+    visible_within(admin, revision, admin.node.visible_within()).await
+}
+
+/// A population import may rebuild the whole snapshot before it is
+/// visible (seconds at national scale): it waits at least this long.
+const IMPORT_VISIBLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// [`visible`] with a deadline of its own.
+async fn visible_within(admin: &Admin, revision: u64, within: std::time::Duration) -> Result<(), ApiError> {
+    if admin.node.wait_applied_within(revision, within).await {
         return Ok(());
     }
-    let within = admin.node.visible_within().as_secs_f64();
+    let within = within.as_secs_f64();
     error!(
         revision,
         within_seconds = within,
@@ -597,7 +606,8 @@ async fn population(admin: &Admin, caller: &Caller, req: Request<Incoming>) -> R
     })?;
     fed?;
     let imported = outcome.map_err(|e| store_error(e, Family::Restriction))?;
-    visible(admin, imported.revision).await?;
+    let within = admin.node.visible_within().max(IMPORT_VISIBLE_WITHIN);
+    visible_within(admin, imported.revision, within).await?;
     info!(
         action = "population",
         revision = imported.revision,

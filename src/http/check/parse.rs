@@ -243,7 +243,7 @@ pub struct Batch<'s> {
 /// Answers a `/v1/check/batch` body: every check against the same snapshot.
 pub fn batch<'s>(snap: &'s Snapshot, body: &[u8], now: Instant) -> Result<Batch<'s>, ApiError> {
     let req: BatchBody = object(body)?;
-    at_least(snap, revision(req.min_revision)?)?;
+    let batch_min = revision(req.min_revision)?;
     let checks = req
         .checks
         .ok_or_else(|| ApiError::invalid_request("checks", "is required"))?;
@@ -263,7 +263,7 @@ pub fn batch<'s>(snap: &'s Snapshot, body: &[u8], now: Instant) -> Result<Batch<
         .collect();
     // A check's own `min_revision` is honoured for the whole batch: every
     // answer comes from one snapshot, at least as new as any check asks.
-    let wanted = parsed.iter().filter_map(|p| p.as_ref().ok()?.1).max();
+    let wanted = parsed.iter().filter_map(|p| p.as_ref().ok()?.1).chain(batch_min).max();
     at_least(snap, wanted)?;
     let outcomes: Vec<Result<(Query, decide::Decision<'s>), ApiError>> = parsed
         .into_iter()
