@@ -246,9 +246,18 @@ impl Cluster {
         client.simple_query(sql).await.unwrap()
     }
 
-    /// The first column of the first row `sql` returns.
+    /// The first column of the first row `sql` returns; `None` if it
+    /// returns none or fails (for polling a standby that may not have the
+    /// schema yet).
     pub async fn value(&self, db: &str, sql: &str) -> Option<String> {
-        self.sql(db, sql).await.into_iter().find_map(|m| match m {
+        let conn = format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.dir.path().display(),
+            self.port
+        );
+        let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.ok()?;
+        tokio::spawn(connection);
+        client.simple_query(sql).await.ok()?.into_iter().find_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
             _ => None,
         })
