@@ -106,9 +106,11 @@ pub struct AgeLimits {
 }
 
 fn ages(key: u64, attains: [i32; 2]) -> Option<AgeLimits> {
+    // Saturating: a built table holds minutes of this era, but a snapshot
+    // file can hold any i32 (found by fuzzing); never an overflow.
     (key & BIRTH_KNOWN != 0).then(|| AgeLimits {
-        guardian_limit: Instant::from_nanos(i64::from(attains[0]) * NANOS_PER_MINUTE),
-        own_journal: Instant::from_nanos(i64::from(attains[1]) * NANOS_PER_MINUTE),
+        guardian_limit: Instant::from_nanos(i64::from(attains[0]).saturating_mul(NANOS_PER_MINUTE)),
+        own_journal: Instant::from_nanos(i64::from(attains[1]).saturating_mul(NANOS_PER_MINUTE)),
     })
 }
 
