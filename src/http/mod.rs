@@ -70,7 +70,13 @@ where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    tokio::time::timeout(deadline, read_body(body, declared))
+    use futures_util::FutureExt as _;
+    let mut reading = std::pin::pin!(read_body(body, declared));
+    // Nearly every body arrives with its head: answer it without a timer.
+    if let Some(done) = reading.as_mut().now_or_never() {
+        return done;
+    }
+    tokio::time::timeout(deadline, reading)
         .await
         .unwrap_or_else(|_| Err(ApiError::request_timeout(deadline)))
 }
