@@ -213,7 +213,9 @@ async fn main() {
         .filter(|r| !r.guardians.is_empty())
         .map(|r| r.id.to_string())
         .collect();
-    let kids: Vec<String> = all_kids.iter().take(200).cloned().collect();
+    // Enough children that no one gets more than the 16 rules in force a
+    // subject may have.
+    let kids: Vec<String> = all_kids.iter().take(2000).cloned().collect();
     drop(population);
     drop(store);
     println!("database              {:.0} MB", dir_size(&data) as f64 / 1e6);
