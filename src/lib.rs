@@ -31,7 +31,7 @@ pub mod synth;
 #[cfg(test)]
 mod testing;
 
-pub use crate::core::decide::{Decision, Listing, Query, Reason, children, decide};
+pub use crate::core::decide::{Decision, Listing, Query, Reason, children, decide, decide_batch};
 pub use crate::core::identity::{IdentityError, Pid};
 pub use crate::core::model::{HsaId, Rule, RuleId, RuleKind, Service, Services, Settings};
 pub use crate::core::snapshot::{People, PeopleBuilder, PersonRecord, Rules, Snapshot};

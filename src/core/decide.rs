@@ -162,6 +162,32 @@ pub fn decide<'s>(snap: &'s Snapshot, q: &Query) -> Decision<'s> {
     pair.decision(q.at)
 }
 
+/// How many questions of a batch have their memory touched before the first
+/// of them is decided: enough misses in flight to fill the core's miss
+/// buffers, few enough lines (two each) to stay in L1 until decided.
+const TOUCH_AHEAD: usize = 16;
+
+/// Decides every question against one snapshot, answers in order into
+/// `out` (cleared first). Same answers as [`decide`] one by one, but the
+/// subjects' slots are read a group ahead, side by side, so that a batch
+/// of random subjects pays its cache misses overlapped instead of one after
+/// another (SPEC §7: < 80 ns per check for a batch of 100).
+pub fn decide_batch<'s>(snap: &'s Snapshot, queries: &[Query], out: &mut Vec<Decision<'s>>) {
+    out.clear();
+    out.reserve(queries.len());
+    let people = snap.people();
+    let mut groups = queries.chunks(TOUCH_AHEAD).peekable();
+    if let Some(first) = groups.peek() {
+        first.iter().for_each(|q| people.touch(q.subject));
+    }
+    while let Some(group) = groups.next() {
+        if let Some(next) = groups.peek() {
+            next.iter().for_each(|q| people.touch(q.subject));
+        }
+        out.extend(group.iter().map(|q| decide(snap, q)));
+    }
+}
+
 /// The switch list: every subject `guardian` is a registered guardian of,
 /// each with its answer for `service` at `at`. Allocates nothing; the portal
 /// layer collects.
@@ -172,8 +198,11 @@ pub fn children<'s>(
     at: Instant,
 ) -> impl Iterator<Item = (Pid, Decision<'s>)> + 's {
     let people = snap.people();
-    people
-        .get(guardian)
+    let person = people.get(guardian);
+    if let Some(g) = &person {
+        people.touch_children(g);
+    }
+    person
         .into_iter()
         .flat_map(move |g| people.children_of_ref(g))
         .map(move |child| (child.pid, Pair::guardian(snap, guardian, &child, service).decision(at)))
@@ -488,6 +517,25 @@ mod tests {
             .count(),
             0
         );
+    }
+
+    #[test]
+    fn a_batch_answers_exactly_as_one_by_one() {
+        let synthetic = crate::synth::generate(crate::synth::Scale::fraction(0.002), 42).unwrap();
+        let snap = &synthetic.snapshot;
+        let queries = synthetic.queries(1_000, 7);
+        // Every size around the touch-ahead group, and the empty batch.
+        let mut out = Vec::new();
+        for n in [0, 1, TOUCH_AHEAD - 1, TOUCH_AHEAD, TOUCH_AHEAD + 1, 100, 1_000] {
+            decide_batch(snap, &queries[..n], &mut out);
+            assert_eq!(out.len(), n);
+            for (q, d) in queries.iter().zip(&out) {
+                assert_eq!(*d, decide(snap, q), "{q:?}");
+            }
+        }
+        // The batch covers more than one kind of answer.
+        let kinds: std::collections::HashSet<Reason> = out.iter().map(|d| d.reason).collect();
+        assert!(kinds.len() >= 5, "{kinds:?}");
     }
 
     #[test]

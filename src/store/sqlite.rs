@@ -181,31 +181,14 @@ impl SqliteStore {
         &self,
         f: impl AsyncFnOnce(&mut SqliteTx<'_>, u64, Instant) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.write_with(Cache::Usual, f).await
-    }
-
-    async fn write_with<T: Send + 'static>(
-        &self,
-        cache: Cache,
-        f: impl AsyncFnOnce(&mut SqliteTx<'_>, u64, Instant) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
         let db = self.db.clone();
         let clock = self.clock.clone();
         blocking(move |runtime| {
             let mut conn = lock(&db.writer);
-            if cache == Cache::Import {
-                conn.pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)?;
-            }
-            let out = transaction(&mut conn, TransactionBehavior::Immediate, &runtime, async |tx| {
+            transaction(&mut conn, TransactionBehavior::Immediate, &runtime, async |tx| {
                 let revision = protocol::next_revision(tx).await?;
                 f(tx, revision, clock.now()).await
-            });
-            if cache == Cache::Import {
-                // Give the import's memory back.
-                let _ = conn.pragma_update(None, "cache_size", -CACHE_KIB);
-                let _ = conn.execute_batch("PRAGMA shrink_memory");
-            }
-            out
+            })
         })
         .await
     }
@@ -260,12 +243,12 @@ impl SqliteStore {
     /// See [`super::Store::import`]. The upload is spooled to a private
     /// file beside the database as it arrives, without the writer: a feed
     /// that stalls holds a file, not the lock an urgent block needs. Only
-    /// then does one write transaction merge it.
+    /// then does one write transaction merge it, in number order.
     ///
-    /// A new person lands at a random place in `persons` and in the
-    /// by-person history index; with the usual page cache a national import
-    /// spends its time re-reading pages. The writer gets a large cache for
-    /// the merge only and gives the memory back afterwards.
+    /// In arrival order a new person would land at a random place in
+    /// `persons` and in the by-person history index, and a national import
+    /// would spend its time re-reading pages (or need a page cache of
+    /// hundreds of MB, which the allocator keeps after the import).
     pub(crate) async fn import(&self, import: Import<'_>) -> Result<Imported, StoreError> {
         let Import { mut rx, by, action } = import;
         let by = by.clone();
@@ -286,21 +269,15 @@ impl SqliteStore {
                 None => return Err(StoreError::Aborted),
             }
         }
-        let cache = if spool.records > LARGE_IMPORT {
-            Cache::Import
-        } else {
-            Cache::Usual
-        };
-        self.write_with(cache, async move |tx, revision, at| {
-            // On the blocking pool: its last buffer is flushed here.
+        self.write(async move |tx, revision, at| {
+            // On the blocking pool: its last run is sorted and written here.
             let mut spooled = spool.finish()?;
             let mut writer = PersonWriter::new(tx.conn, revision)?;
             let (upserted, mut changed) = (spooled.records, 0u64);
-            while let Some(mut batch) = spooled.next_batch()? {
-                // In number order, consecutive inserts touch neighbouring
-                // pages. Stable: a later line for the same person still
-                // comes later, and wins.
-                batch.sort_by_key(|p| p.id);
+            // In number order (the spool merges its sorted runs): the
+            // upserts walk `persons` and the history's by-person index
+            // from one end to the other.
+            while let Some(batch) = spooled.next_batch()? {
                 for p in &batch {
                     changed += u64::from(writer.write(p)?);
                 }
@@ -317,23 +294,11 @@ impl SqliteStore {
     }
 }
 
-/// Page cache of the writer during an import, in KiB.
-const IMPORT_CACHE_KIB: i64 = 256 * 1024;
-/// Page cache of the writer otherwise, in KiB.
+/// Page cache of the writer, in KiB. Imports need no more: they arrive
+/// sorted (see `spool`).
 const CACHE_KIB: i64 = 64 * 1024;
 /// Page cache of each reader connection, in KiB.
 const READER_CACHE_KIB: i64 = 8 * 1024;
-/// Imports of more records than this get the large page cache; smaller
-/// ones (a day's changes) do with the usual one, so that the process's
-/// memory does not swell and shrink with every delta.
-const LARGE_IMPORT: u64 = 200_000;
-
-/// Which page cache a write runs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cache {
-    Usual,
-    Import,
-}
 
 /// A transaction on one SQLite connection.
 pub(crate) struct SqliteTx<'c> {

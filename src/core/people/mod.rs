@@ -186,6 +186,21 @@ impl People {
         self.base.find(pid.get()).map(|i| self.base.at(i))
     }
 
+    /// Brings the lines a lookup of `pid` reads toward the cache without
+    /// waiting for them; see [`decide_batch`](crate::core::decide::decide_batch).
+    #[inline]
+    pub(crate) fn touch(&self, pid: Pid) {
+        std::hint::black_box(self.base.touch(pid.get()));
+    }
+
+    /// Brings the slots of `person`'s children in the base toward the cache,
+    /// so that a switch list pays their misses side by side.
+    pub(crate) fn touch_children(&self, person: &PersonRef<'_>) {
+        if let Origin::Base(i) = person.origin {
+            std::hint::black_box(self.base.touch_children(i as usize));
+        }
+    }
+
     /// The persons `person` is a registered guardian of: the base's children
     /// that the overlay has not replaced, then the overlay's.
     pub(crate) fn children_of_ref<'s>(&'s self, person: PersonRef<'s>) -> impl Iterator<Item = PersonRef<'s>> + 's {
@@ -383,19 +398,25 @@ impl People {
         let base = &*self.base;
         let ov = &*self.overlay;
         let mut table = Table::empty(capacity_for(self.len()), base.limits);
-        for (i, slot) in base.slots.get().iter().enumerate() {
-            if slot.key == 0 || ov.persons.contains_key(&(slot.key & PID_MASK)) {
-                continue;
+        // Persons with guardians first, as `PeopleBuilder::build` places them.
+        for children_first in [true, false] {
+            for (i, slot) in base.slots.get().iter().enumerate() {
+                if slot.key == 0
+                    || base.guardians_at(i).is_empty() == children_first
+                    || ov.persons.contains_key(&(slot.key & PID_MASK))
+                {
+                    continue;
+                }
+                table.insert(*slot);
+                if slot.key & MORE_GUARDIANS != 0 {
+                    table
+                        .more_guardians
+                        .insert(slot.key & PID_MASK, base.guardians_at(i).into());
+                }
             }
-            table.insert(*slot);
-            if slot.key & MORE_GUARDIANS != 0 {
-                table
-                    .more_guardians
-                    .insert(slot.key & PID_MASK, base.guardians_at(i).into());
+            for p in ov.persons.values().filter(|p| p.guardians.is_empty() != children_first) {
+                table.put_person(p.key, p.attains, &p.guardians);
             }
-        }
-        for p in ov.persons.values() {
-            table.put_person(p.key, p.attains, &p.guardians);
         }
         Ok(People {
             base: Arc::new(table.finish()?),
