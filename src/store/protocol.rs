@@ -777,13 +777,20 @@ pub(crate) async fn prune_access_log<T: Tx>(
 /// Guardians as stored: canonical numbers separated by commas.
 pub(crate) fn guardians_text(guardians: &[Pid]) -> String {
     let mut out = String::with_capacity(guardians.len() * 13);
+    push_guardians_text(&mut out, guardians);
+    out
+}
+
+/// [`guardians_text`] appended to `out`, allocating nothing more (a
+/// national import writes millions).
+pub(crate) fn push_guardians_text(out: &mut String, guardians: &[Pid]) {
+    use std::fmt::Write;
     for (i, g) in guardians.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&g.to_string());
+        let _ = write!(out, "{g}");
     }
-    out
 }
 
 /// Reads stored guardians back, validating every number.

@@ -77,17 +77,18 @@ impl Spool {
     }
 
     /// Takes one batch, in the order received.
-    pub(crate) fn write(&mut self, batch: &[PersonRecord]) -> Result<(), StoreError> {
+    pub(crate) fn write(&mut self, batch: Vec<PersonRecord>) -> Result<(), StoreError> {
+        let n = batch.len() as u64;
         for p in batch {
             if p.guardians.len() > usize::from(u8::MAX) {
                 return Err(StoreError::Corrupt("a person has too many guardians".into()));
             }
-            self.run.push(p.clone());
+            self.run.push(p);
             if self.run.len() == RUN {
                 self.write_run()?;
             }
         }
-        self.records += batch.len() as u64;
+        self.records += n;
         Ok(())
     }
 
@@ -309,7 +310,7 @@ mod tests {
         ];
         let mut spool = Spool::create(dir.path()).unwrap();
         for b in &batches {
-            spool.write(b).unwrap();
+            spool.write(b.clone()).unwrap();
         }
         let mut spooled = spool.finish().unwrap();
         assert_eq!(spooled.records, 2);
@@ -335,7 +336,7 @@ mod tests {
             guardians: vec![],
         };
         let mut spool = Spool::create(dir.path()).unwrap();
-        spool.write(&[rec]).unwrap();
+        spool.write(vec![rec]).unwrap();
         spool.write_run().unwrap();
         spool.out.flush().unwrap();
         // Cut the run of one short by three bytes.
@@ -374,7 +375,7 @@ mod tests {
         let first: Vec<PersonRecord> = ids.iter().map(|&id| record(id, false)).collect();
         let second: Vec<PersonRecord> = ids.iter().rev().map(|&id| record(id, true)).collect();
         for batch in first.chunks(5_000).chain(second.chunks(5_000)) {
-            spool.write(batch).unwrap();
+            spool.write(batch.to_vec()).unwrap();
         }
         let mut spooled = spool.finish().unwrap();
         assert_eq!(spooled.records, 2 * n as u64);

@@ -259,7 +259,7 @@ impl SqliteStore {
                 // Written off the async workers (the check listener shares
                 // them): a slow or full disk must not stall a check.
                 Some(ImportMsg::Batch(batch)) => {
-                    spool = tokio::task::spawn_blocking(move || spool.write(&batch).map(|()| spool))
+                    spool = tokio::task::spawn_blocking(move || spool.write(batch).map(|()| spool))
                         .await
                         .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))??;
                 }
@@ -377,7 +377,9 @@ struct PersonWriter<'t> {
     /// The line within the write: history is keyed by `(revision, seq)`,
     /// so it is appended in order rather than inserted at random.
     seq: i64,
+    /// Reused for every record: a national import writes millions.
     guardians: String,
+    birth: String,
 }
 
 impl<'t> PersonWriter<'t> {
@@ -394,13 +396,22 @@ impl<'t> PersonWriter<'t> {
             revision: wide(revision)?,
             seq: 0,
             guardians: String::new(),
+            birth: String::new(),
         })
     }
 
     fn write(&mut self, p: &PersonRecord) -> Result<bool, StoreError> {
         self.guardians.clear();
-        self.guardians.push_str(&protocol::guardians_text(&p.guardians));
-        let birth = p.birth_date.map(|d| d.to_string());
+        protocol::push_guardians_text(&mut self.guardians, &p.guardians);
+        self.birth.clear();
+        let birth = match p.birth_date {
+            Some(d) => {
+                use std::fmt::Write;
+                let _ = write!(self.birth, "{d}");
+                Some(self.birth.as_str())
+            }
+            None => None,
+        };
         let id = wide(p.id.get())?;
         let n = self
             .upsert
