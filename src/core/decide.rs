@@ -178,11 +178,11 @@ pub fn decide_batch<'s>(snap: &'s Snapshot, queries: &[Query], out: &mut Vec<Dec
     let people = snap.people();
     let mut groups = queries.chunks(TOUCH_AHEAD).peekable();
     if let Some(first) = groups.peek() {
-        first.iter().for_each(|q| people.touch(q.subject));
+        people.touch(first.iter().map(|q| q.subject));
     }
     while let Some(group) = groups.next() {
         if let Some(next) = groups.peek() {
-            next.iter().for_each(|q| people.touch(q.subject));
+            people.touch(next.iter().map(|q| q.subject));
         }
         out.extend(group.iter().map(|q| decide(snap, q)));
     }

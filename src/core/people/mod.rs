@@ -186,11 +186,11 @@ impl People {
         self.base.find(pid.get()).map(|i| self.base.at(i))
     }
 
-    /// Brings the lines a lookup of `pid` reads toward the cache without
-    /// waiting for them; see [`decide_batch`](crate::core::decide::decide_batch).
+    /// Brings the lines lookups of `pids` (at most 32) read toward the
+    /// cache, side by side; see [`decide_batch`](crate::core::decide::decide_batch).
     #[inline]
-    pub(crate) fn touch(&self, pid: Pid) {
-        std::hint::black_box(self.base.touch(pid.get()));
+    pub(crate) fn touch(&self, pids: impl Iterator<Item = Pid>) {
+        std::hint::black_box(self.base.touch(pids.map(Pid::get)));
     }
 
     /// Brings the slots of `person`'s children in the base toward the cache,

@@ -75,14 +75,6 @@ pub(super) fn home(pid: u64, capacity: usize) -> usize {
     2 * ((u128::from(x) * (capacity / 2) as u128) >> 64) as usize
 }
 
-/// The slot `by` after `i` in a table of `n`, wrapping around.
-#[inline]
-fn ahead(i: usize, by: usize, n: usize) -> usize {
-    let j = i + by;
-    // `%` only near the end (and for tables smaller than the step).
-    if j < n { j } else { (j - n) % n }
-}
-
 /// Room for `len` persons: even, at most 3/4 full, never full.
 pub(super) fn capacity_for(len: usize) -> usize {
     ((len + len / 3).max(len + 1) + 2) & !1
@@ -111,12 +103,6 @@ impl Table {
             return None;
         }
         let mut i = home(pid, n);
-        // Ask for the next line now, side by side with the home line. The
-        // persons the portal asks about, children, are placed first (see
-        // `PeopleBuilder::build`): at national scale 94 % of them sit in
-        // their home line and 5 % in the next, which a scan would otherwise
-        // wait for after the first miss. Only 1 % need a third line.
-        std::hint::black_box(slots[ahead(i, 2, n)].key);
         // The table is never full, so the scan always meets an empty slot.
         for _ in 0..n {
             let key = slots[i].key;
@@ -134,21 +120,33 @@ impl Table {
         None
     }
 
-    /// Reads the lines where a lookup of `pid` will look, and uses nothing
-    /// it read: touching many numbers one after another lets their cache
-    /// misses overlap, where the lookups themselves would pay them one
-    /// after another. Returns the keys read folded together, for the
-    /// caller's `black_box`. Reads the two lines [`Table::find`] reads up
-    /// front.
+    /// Reads the home lines of `pids` and uses nothing it read: touching
+    /// many numbers together lets their cache misses overlap, where the
+    /// lookups themselves would pay them one after another. The homes are
+    /// computed first and the reads then issued back to back, so that all
+    /// of them fit in the core's window of instructions in flight at once
+    /// (interleaved with the hashing, the window filled after a dozen).
+    /// Returns the keys read folded together, for the caller's
+    /// `black_box`. Only home lines: children, the persons the portal asks
+    /// about, are placed first (see `PeopleBuilder::build`), and 94 % of
+    /// them sit in theirs at national scale.
     #[inline]
-    pub(super) fn touch(&self, pid: u64) -> u64 {
+    pub(super) fn touch(&self, pids: impl Iterator<Item = u64>) -> u64 {
+        const MAX: usize = 32;
         let slots = self.slots.get();
         let n = slots.len();
         if n == 0 {
             return 0;
         }
-        let i = home(pid, n);
-        slots[i].key ^ slots[ahead(i, 2, n)].key
+        let mut homes = [0usize; MAX];
+        let mut k = 0;
+        for pid in pids.take(MAX) {
+            homes[k] = home(pid, n);
+            k += 1;
+        }
+        homes[..k]
+            .iter()
+            .fold(0, |seen, &i| seen ^ slots.get(i).map_or(0, |s| s.key))
     }
 
     /// Touches the slots of every child of the person in slot `i` (see
