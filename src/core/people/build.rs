@@ -96,9 +96,13 @@ impl PeopleBuilder {
             .collect();
         order.sort_unstable();
         let mut keep: Vec<u32> = Vec::with_capacity(order.len());
+        // The kept numbers, ascending: `implicit` is checked against them
+        // by one merge, not a binary search through `records` per guardian.
+        let mut kept: Vec<u64> = Vec::with_capacity(order.len());
         for (k, w) in order.iter().enumerate() {
             if order.get(k + 1).is_none_or(|next| next.0 != w.0) {
                 keep.push(w.1);
+                kept.push(w.0);
             }
         }
         drop(order);
@@ -111,11 +115,12 @@ impl PeopleBuilder {
             .collect();
         implicit.sort_unstable();
         implicit.dedup();
-        let recorded = |pid: u64| {
-            keep.binary_search_by_key(&pid, |&k| self.records[k as usize].id.get())
-                .is_ok()
-        };
-        implicit.retain(|&g| !recorded(g));
+        let mut recorded = kept.iter().copied().peekable();
+        implicit.retain(|&g| {
+            while recorded.next_if(|&id| id < g).is_some() {}
+            recorded.peek() != Some(&g)
+        });
+        drop(kept);
 
         let limits = (settings.guardian_age_limit, settings.own_journal_age, settings.leap_day);
         let mut table = Table::empty(capacity_for(keep.len() + implicit.len()), limits);
