@@ -159,7 +159,7 @@ impl PeopleBuilder {
 pub(super) struct Midnights<'a> {
     pub(super) settings: &'a Settings,
     pub(super) tz: &'a TimeZone,
-    pub(super) memo: HashMap<Date, Option<i32>>,
+    pub(super) memo: HashMap<Date, Option<i32>, Hasher>,
 }
 
 impl<'a> Midnights<'a> {
@@ -167,7 +167,7 @@ impl<'a> Midnights<'a> {
         Midnights {
             settings,
             tz,
-            memo: HashMap::new(),
+            memo: HashMap::default(),
         }
     }
 
