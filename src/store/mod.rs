@@ -22,6 +22,7 @@
 //! Writes return only after the commit is durable (SQLite: WAL with
 //! `synchronous = FULL`; PostgreSQL: `synchronous_commit` on).
 
+pub mod outbox;
 pub mod postgres;
 mod protocol;
 mod schema;
@@ -40,6 +41,7 @@ use crate::core::identity::Pid;
 use crate::core::model::{HsaId, Rule, RuleId, RuleKind};
 use crate::core::people::PersonRecord;
 use crate::core::time::Instant;
+pub use outbox::{MailDraft, MailStatus, QueuedMail};
 
 /// The file name of the embedded store inside `--data-dir`.
 pub const SQLITE_FILE: &str = "guardian-access.db";
@@ -677,40 +679,150 @@ impl Store {
         require_guardian: bool,
         by: &Caller,
     ) -> Result<Committed, StoreError> {
+        self.create_rule_mailing(new, require_guardian, by, None).await
+    }
+
+    /// [`Store::create_rule`], queueing `mail` in the same transaction.
+    pub async fn create_rule_mailing(
+        &self,
+        new: NewRule,
+        require_guardian: bool,
+        by: &Caller,
+        mail: Option<MailDraft>,
+    ) -> Result<Committed, StoreError> {
         let by = by.clone();
+        let tz = crate::core::time::stockholm().map_err(|e| StoreError::Corrupt(e.to_string()))?;
         match self {
             Store::Sqlite(s) => {
-                s.write(async move |tx, rev, at| protocol::create_rule(tx, rev, at, &new, require_guardian, &by).await)
-                    .await
+                s.write(async move |tx, rev, at| {
+                    outbox::create_rule(tx, rev, at, &new, require_guardian, &by, mail.as_ref(), &tz).await
+                })
+                .await
             }
             Store::Postgres(s) => {
-                s.write(async |tx, rev, at| protocol::create_rule(tx, rev, at, &new, require_guardian, &by).await)
-                    .await
+                s.write(async |tx, rev, at| {
+                    outbox::create_rule(tx, rev, at, &new, require_guardian, &by, mail.as_ref(), &tz).await
+                })
+                .await
             }
         }
     }
 
     /// Lifts a restriction or grant.
     pub async fn lift(&self, id: RuleId, req: LiftRequest, by: &Caller) -> Result<Committed, StoreError> {
-        self.update_rule(id, RuleUpdate::lift(req), by).await
+        self.update_rule(id, RuleUpdate::lift(req), by, None).await
     }
 
     /// Records the signed form of an urgent restriction.
     pub async fn confirm(&self, id: RuleId, req: ConfirmRequest, by: &Caller) -> Result<Committed, StoreError> {
-        self.update_rule(id, RuleUpdate::confirm(req), by).await
+        self.update_rule(id, RuleUpdate::confirm(req), by, None).await
     }
 
-    async fn update_rule(&self, id: RuleId, update: RuleUpdate, by: &Caller) -> Result<Committed, StoreError> {
+    /// [`Store::lift`], queueing `mail` in the same transaction.
+    pub async fn lift_mailing(
+        &self,
+        id: RuleId,
+        req: LiftRequest,
+        by: &Caller,
+        mail: Option<MailDraft>,
+    ) -> Result<Committed, StoreError> {
+        self.update_rule(id, RuleUpdate::lift(req), by, mail).await
+    }
+
+    /// [`Store::confirm`], queueing `mail` in the same transaction.
+    pub async fn confirm_mailing(
+        &self,
+        id: RuleId,
+        req: ConfirmRequest,
+        by: &Caller,
+        mail: Option<MailDraft>,
+    ) -> Result<Committed, StoreError> {
+        self.update_rule(id, RuleUpdate::confirm(req), by, mail).await
+    }
+
+    async fn update_rule(
+        &self,
+        id: RuleId,
+        update: RuleUpdate,
+        by: &Caller,
+        mail: Option<MailDraft>,
+    ) -> Result<Committed, StoreError> {
         let by = by.clone();
+        let tz = crate::core::time::stockholm().map_err(|e| StoreError::Corrupt(e.to_string()))?;
         match self {
             Store::Sqlite(s) => {
-                s.write(async move |tx, rev, at| protocol::update_rule(tx, rev, at, id, &update, &by).await)
+                s.write(async move |tx, rev, at| {
+                    outbox::update_rule(tx, rev, at, id, &update, &by, mail.as_ref(), &tz).await
+                })
+                .await
+            }
+            Store::Postgres(s) => {
+                s.write(async |tx, rev, at| {
+                    outbox::update_rule(tx, rev, at, id, &update, &by, mail.as_ref(), &tz).await
+                })
+                .await
+            }
+        }
+    }
+
+    /// Urgent restrictions in force still waiting for their signed form,
+    /// oldest first (the console's worklist).
+    pub async fn awaiting_form(&self) -> Result<Vec<StoredRule>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.read(async move |tx| protocol::awaiting_form(tx).await).await,
+            Store::Postgres(s) => s.read(async |tx| protocol::awaiting_form(tx).await).await,
+        }
+    }
+
+    /// The newest `limit` restrictions and grants issued by `unit`.
+    pub async fn rules_of_unit(&self, unit: HsaId, limit: u64) -> Result<Vec<StoredRule>, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.read(async move |tx| protocol::rules_of_unit(tx, &unit, limit).await)
+                    .await
+            }
+            Store::Postgres(s) => s.read(async |tx| protocol::rules_of_unit(tx, &unit, limit).await).await,
+        }
+    }
+
+    /// Claims up to `limit` confirmation e-mails due now for this sender.
+    pub async fn claim_mail(&self, limit: u64) -> Result<Vec<QueuedMail>, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.append(async move |tx, at| outbox::claim_due(tx, at, limit).await)
+                    .await
+            }
+            Store::Postgres(s) => s.append(async |tx, at| outbox::claim_due(tx, at, limit).await).await,
+        }
+    }
+
+    /// Records that the mail server accepted message `id`.
+    pub async fn mail_sent(&self, id: u64) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.append(async move |tx, at| outbox::sent(tx, at, id).await).await,
+            Store::Postgres(s) => s.append(async |tx, at| outbox::sent(tx, at, id).await).await,
+        }
+    }
+
+    /// Records a failed attempt at message `id`, to be tried again at `next`.
+    pub async fn mail_failed(&self, id: u64, next: Instant, why: String) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.append(async move |tx, at| outbox::failed(tx, at, id, next, &why).await)
                     .await
             }
             Store::Postgres(s) => {
-                s.write(async |tx, rev, at| protocol::update_rule(tx, rev, at, id, &update, &by).await)
+                s.append(async |tx, at| outbox::failed(tx, at, id, next, &why).await)
                     .await
             }
+        }
+    }
+
+    /// Where the confirmations of rules `ids` stand.
+    pub async fn mails_of(&self, ids: Vec<u64>) -> Result<Vec<MailStatus>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.read(async move |tx| outbox::of_rules(tx, &ids).await).await,
+            Store::Postgres(s) => s.read(async |tx| outbox::of_rules(tx, &ids).await).await,
         }
     }
 

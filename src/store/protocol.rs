@@ -581,6 +581,21 @@ pub(crate) async fn person<T: Tx>(tx: &mut T, subject: Pid) -> Result<Option<Sto
 }
 
 /// Every restriction and grant on a subject, oldest first.
+/// Urgent restrictions not lifted and still waiting for their signed form,
+/// oldest first.
+pub(crate) async fn awaiting_form<T: Tx>(tx: &mut T) -> Result<Vec<StoredRule>, StoreError> {
+    tx.all(sql::AWAITING_FORM, &[Param::Flag(true)], |r| RuleRow::read(r)?.stored())
+        .await
+}
+
+/// The newest `limit` rules issued by `unit`.
+pub(crate) async fn rules_of_unit<T: Tx>(tx: &mut T, unit: &HsaId, limit: u64) -> Result<Vec<StoredRule>, StoreError> {
+    tx.all(sql::RULES_OF_UNIT, &[text(unit.as_str()), int(limit)?], |r| {
+        RuleRow::read(r)?.stored()
+    })
+    .await
+}
+
 pub(crate) async fn rules_of<T: Tx>(tx: &mut T, subject: Pid) -> Result<Vec<StoredRule>, StoreError> {
     tx.all(sql::RULES_OF, &[pid(subject)?], |r| RuleRow::read(r)?.stored())
         .await

@@ -7,7 +7,55 @@ pub(crate) use super::sql::Dialect;
 /// The migrations, one entry per schema version; never change a released
 /// one, add one.
 pub(crate) fn migrations(d: Dialect) -> Vec<String> {
-    vec![version_1(d), version_2(d), version_3(d), version_4(d), version_5(d)]
+    vec![
+        version_1(d),
+        version_2(d),
+        version_3(d),
+        version_4(d),
+        version_5(d),
+        version_6(d),
+    ]
+}
+
+/// The console's confirmation e-mails (SPEC §9): an outbox written in the
+/// same transaction as the write it confirms, and every attempt to send
+/// one, appended to `mail_attempts` (never changed or removed). A message
+/// holds a case reference, a rule id, what and when: never a number or a
+/// name. `claimed_until` keeps two instances of a fleet from sending the
+/// same message at once.
+fn version_6(d: Dialect) -> String {
+    let (id, int) = match d {
+        Dialect::Sqlite => ("id INTEGER PRIMARY KEY", "INTEGER"),
+        Dialect::Postgres => ("id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "BIGINT"),
+    };
+    let mut sql = format!(
+        r#"
+CREATE TABLE outbox (
+    {id},
+    created_at {int} NOT NULL,
+    rule_id {int} NOT NULL,
+    recipients TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    body TEXT NOT NULL,
+    attempts {int} NOT NULL,
+    next_at {int} NOT NULL,
+    claimed_until {int},
+    sent_at {int}
+);
+CREATE INDEX outbox_due ON outbox (sent_at, next_at);
+CREATE INDEX outbox_by_rule ON outbox (rule_id);
+CREATE TABLE mail_attempts (
+    {id},
+    mail {int} NOT NULL,
+    at {int} NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX mail_attempts_by_mail ON mail_attempts (mail);
+"#
+    );
+    sql.push_str(&append_only(d, &["mail_attempts"], false));
+    sql
 }
 
 /// Each revision's digest, chained from the one before (SHA-256 of the

@@ -103,6 +103,19 @@ pub(crate) const RULES_OF: &str = concat!(
     rule_columns!(),
     " FROM rules WHERE subject = $1 ORDER BY valid_from, id"
 );
+/// Urgent restrictions not lifted and without their signed form (`$1` is
+/// true), oldest first.
+pub(crate) const AWAITING_FORM: &str = concat!(
+    "SELECT ",
+    rule_columns!(),
+    " FROM rules WHERE urgent = $1 AND confirmed_at IS NULL AND lifted_at IS NULL ORDER BY created_at, id"
+);
+/// A unit's rules, newest first.
+pub(crate) const RULES_OF_UNIT: &str = concat!(
+    "SELECT ",
+    rule_columns!(),
+    " FROM rules WHERE issuing_unit = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+);
 pub(crate) const AUDIT_OF: &str = "SELECT revision, at, actor, role, action, rule_id, detail, actor_hsa_id \
      FROM audit WHERE subject = $1 ORDER BY revision";
 pub(crate) const POPULATION_AUDIT_OF: &str = "SELECT h.revision, a.at, a.actor, a.role, a.action, h.birth_date, \
@@ -182,6 +195,8 @@ mod tests {
             RULES_IN_FORCE,
             PERSON,
             RULES_OF,
+            AWAITING_FORM,
+            RULES_OF_UNIT,
             AUDIT_OF,
             POPULATION_AUDIT_OF,
             INSERT_HISTORY,

@@ -443,3 +443,81 @@ pub async fn log_a_read(store: &Store) {
     };
     store.log_access(access).await.unwrap();
 }
+
+/// The console's outbox: a mail is queued with its write and only then,
+/// claimed by one sender at a time, retried after a failure, and done
+/// once accepted; the worklist and a unit's list read the rules it needs.
+pub async fn the_outbox_sends_each_mail_once_until_accepted(store: Store) {
+    use guardian_access::store::MailDraft;
+    import(&store, vec![family()], true).await.unwrap();
+    let draft = MailDraft {
+        to: vec!["ssk@region.example".into()],
+        what: "Blockering registrerad".into(),
+        reference: Some("BUP 2026-117".into()),
+    };
+    // A refused write queues nothing.
+    let refused = store
+        .create_rule_mailing(block(Some(STRANGER), true), true, &registrar(), Some(draft.clone()))
+        .await;
+    assert!(matches!(refused, Err(StoreError::NotGuardian)), "{refused:?}");
+    assert!(store.claim_mail(10).await.unwrap().is_empty());
+
+    let id = store
+        .create_rule_mailing(block(Some(MOTHER), true), true, &registrar(), Some(draft))
+        .await
+        .unwrap()
+        .revision;
+    let queued = store.mails_of(vec![id]).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!((queued[0].attempts, queued[0].sent_at), (0, None));
+
+    let claimed = store.claim_mail(10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].recipients, vec!["ssk@region.example".to_owned()]);
+    assert!(claimed[0].body.contains(&format!("Id: {id}")) && claimed[0].body.contains("BUP 2026-117"));
+    assert!(!claimed[0].body.contains(&KID[2..]) && !claimed[0].subject.contains(&KID[2..]));
+    assert!(
+        store.claim_mail(10).await.unwrap().is_empty(),
+        "claimed: no second sender gets it"
+    );
+
+    // A failure lets it go, to be tried again when due.
+    store
+        .mail_failed(claimed[0].id, Instant::from_nanos(0), "421 try later".into())
+        .await
+        .unwrap();
+    let again = store.claim_mail(10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 1);
+    store.mail_sent(again[0].id).await.unwrap();
+    assert!(store.claim_mail(10).await.unwrap().is_empty(), "sent once");
+    let done = store.mails_of(vec![id]).await.unwrap();
+    assert!(done[0].sent_at.is_some() && done[0].attempts == 1);
+
+    // The worklist: the urgent one until its form is recorded.
+    let waiting = store.awaiting_form().await.unwrap();
+    assert_eq!(waiting.iter().map(|r| r.rule.id.0).collect::<Vec<_>>(), vec![id]);
+    let unit = HsaId::parse(UNIT).unwrap();
+    assert_eq!(store.rules_of_unit(unit.clone(), 10).await.unwrap().len(), 1);
+    assert!(
+        store
+            .rules_of_unit(HsaId::parse(OTHER_UNIT).unwrap(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .confirm(
+            RuleId(id),
+            ConfirmRequest {
+                issuing_unit: unit,
+                decided_by: serde_json::json!({"name": "Verksamhetschef"}),
+                form_reference: "F-1".into(),
+                unit_request_reference: None,
+            },
+            &registrar(),
+        )
+        .await
+        .unwrap();
+    assert!(store.awaiting_form().await.unwrap().is_empty());
+}

@@ -37,6 +37,7 @@ sqlite_cases!(
     an_import_is_all_or_nothing,
     facts_are_taken_as_they_stood,
     the_access_log_is_kept_until_pruned,
+    the_outbox_sends_each_mail_once_until_accepted,
 );
 
 #[tokio::test]
@@ -92,6 +93,7 @@ mod postgres {
         cases::an_import_is_all_or_nothing(db().await).await;
         cases::facts_are_taken_as_they_stood(db().await).await;
         cases::the_access_log_is_kept_until_pruned(db().await).await;
+        cases::the_outbox_sends_each_mail_once_until_accepted(db().await).await;
         let url = cluster.database("reopen").await;
         cases::the_revision_and_everything_survive_reopening(async || Store::open_postgres(&url).await.unwrap()).await;
     }
