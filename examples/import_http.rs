@@ -72,6 +72,7 @@ async fn serve(dir: PathBuf) {
             grpc: None,
             admin_tls: None,
             check_tls: None,
+            console: None,
         },
     );
     while service.state.cell.current().is_none() {

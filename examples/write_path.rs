@@ -68,6 +68,7 @@ async fn cold(dir: PathBuf) {
             grpc: None,
             admin_tls: None,
             check_tls: None,
+            console: None,
         },
     );
     while service.state.cell.current().is_none() {

@@ -73,6 +73,130 @@ pub struct ConfigFile {
     pub region: RegionSettings,
     /// The `[server]` table.
     pub server: ServerFile,
+    /// The `[console]` table, if the console is on.
+    pub console: Option<ConsoleFile>,
+}
+
+/// `[console]` as written (SPEC §9).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleFile {
+    /// `[console.oidc]`: the identity provider.
+    pub oidc: Option<OidcFile>,
+    /// `[console.smtp]`: where confirmation e-mails go out.
+    pub smtp: Option<SmtpFile>,
+}
+
+/// `[console.oidc]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcFile {
+    /// The issuer URL.
+    pub issuer: String,
+    /// The console's client id.
+    pub client_id: String,
+    /// The file holding the client secret.
+    pub client_secret_file: String,
+    /// `https://…/console/callback`.
+    pub redirect_uri: String,
+    /// The claim with the HSA-ID (default `employeeHsaId`).
+    pub hsa_id_claim: Option<String>,
+    /// The claim with the care unit (default `healthCareUnitHsaId`).
+    pub unit_claim: Option<String>,
+    /// The claim with the name (default `name`).
+    pub name_claim: Option<String>,
+    /// The claim with the role.
+    pub role_claim: String,
+    /// The role claim's values: `registrar`, `unit` or `auditor` each.
+    pub roles: std::collections::BTreeMap<String, String>,
+    /// Scopes beside `openid` (default `["profile"]`).
+    pub scopes: Option<Vec<String>>,
+}
+
+/// `[console.smtp]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpFile {
+    /// The relay's host name.
+    pub host: String,
+    /// Its submission port (default 587); STARTTLS is always required.
+    pub port: Option<u16>,
+    /// The sender address.
+    pub from: String,
+    /// A CA to trust for the relay (PEM) instead of the web's roots.
+    pub ca_file: Option<String>,
+    /// A user name, if the relay wants one.
+    pub username: Option<String>,
+    /// The file holding its password.
+    pub password_file: Option<String>,
+    /// Seconds before the first retry (default 30); each retry waits twice as long.
+    pub retry_min_seconds: Option<u64>,
+    /// The longest wait between retries, in seconds (default 900).
+    pub retry_max_seconds: Option<u64>,
+}
+
+impl ConsoleFile {
+    /// The console's options: OIDC login, and mail if configured.
+    pub fn options(&self) -> Result<crate::http::console::ConsoleOptions, SettingError> {
+        use crate::actor::Role;
+        use crate::http::console::{ConsoleOptions, LoginOptions};
+        let o = self
+            .oidc
+            .as_ref()
+            .ok_or_else(|| bad("console.oidc", "is required (or run `serve --demo` for the demo login)"))?;
+        let mut roles = Vec::new();
+        for (value, role) in &o.roles {
+            let role = match role.as_str() {
+                "registrar" => Role::Registrar,
+                "unit" => Role::Unit,
+                "auditor" => Role::Auditor,
+                _ => {
+                    return Err(bad(
+                        "console.oidc.roles",
+                        "each value must be `registrar`, `unit` or `auditor`",
+                    ));
+                }
+            };
+            roles.push((value.clone(), role));
+        }
+        if roles.is_empty() {
+            return Err(bad("console.oidc.roles", "must map at least one role claim value"));
+        }
+        let login = LoginOptions::Oidc(crate::http::console::oidc::OidcConfig {
+            issuer: o.issuer.clone(),
+            client_id: o.client_id.clone(),
+            client_secret_file: PathBuf::from(&o.client_secret_file),
+            redirect_uri: o.redirect_uri.clone(),
+            hsa_id_claim: o.hsa_id_claim.clone().unwrap_or_else(|| "employeeHsaId".into()),
+            unit_claim: o.unit_claim.clone().unwrap_or_else(|| "healthCareUnitHsaId".into()),
+            name_claim: o.name_claim.clone().unwrap_or_else(|| "name".into()),
+            role_claim: o.role_claim.clone(),
+            roles,
+            scopes: o.scopes.clone().unwrap_or_else(|| vec!["profile".into()]),
+        });
+        Ok(ConsoleOptions {
+            login,
+            smtp: self.smtp.as_ref().map(SmtpFile::config),
+        })
+    }
+}
+
+impl SmtpFile {
+    /// The sender's settings.
+    pub fn config(&self) -> crate::mail::SmtpConfig {
+        let mut c = crate::mail::SmtpConfig::new(&self.host, &self.from);
+        c.port = self.port.unwrap_or(587);
+        c.ca_file = self.ca_file.as_ref().map(PathBuf::from);
+        c.username = self.username.clone();
+        c.password_file = self.password_file.as_ref().map(PathBuf::from);
+        if let Some(s) = self.retry_min_seconds {
+            c.retry_min = Duration::from_secs(s.max(1));
+        }
+        if let Some(s) = self.retry_max_seconds {
+            c.retry_max = Duration::from_secs(s.max(1));
+        }
+        c
+    }
 }
 
 /// `[server]` as written.
@@ -160,10 +284,21 @@ impl ConfigFile {
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError::File(format!("`server`: {}", e.message())))?,
         };
+        let console = match table.remove("console") {
+            None => None,
+            Some(v) => Some(
+                v.try_into()
+                    .map_err(|e: toml::de::Error| ConfigError::File(format!("`console`: {}", e.message())))?,
+            ),
+        };
         let region = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::File(e.message().to_owned()))?;
-        Ok(ConfigFile { region, server })
+        Ok(ConfigFile {
+            region,
+            server,
+            console,
+        })
     }
 }
 
@@ -963,5 +1098,53 @@ mod tests {
             e.to_string(),
             "`check_addr`: must be an address such as `127.0.0.1:7070` or `unix:/PATH`"
         );
+    }
+
+    #[test]
+    fn the_console_tables_are_read_and_checked() {
+        let text = r#"
+[console.oidc]
+issuer = "https://idp.example/oidc"
+client_id = "ga"
+client_secret_file = "/etc/ga/secret"
+redirect_uri = "https://ga.example:7071/console/callback"
+role_claim = "systemRole"
+[console.oidc.roles]
+"GA;Kontaktcenter" = "registrar"
+"GA;Verksamhetschef" = "unit"
+[console.smtp]
+host = "smtp.example"
+from = "kc@example"
+retry_min_seconds = 10
+"#;
+        let file = ConfigFile::parse(text).unwrap();
+        let console = file.console.unwrap();
+        let options = console.options().unwrap();
+        let crate::http::console::LoginOptions::Oidc(o) = options.login else {
+            panic!("not OIDC")
+        };
+        assert_eq!(o.hsa_id_claim, "employeeHsaId");
+        assert_eq!(o.unit_claim, "healthCareUnitHsaId");
+        assert_eq!(o.roles.len(), 2);
+        let smtp = options.smtp.unwrap();
+        assert_eq!((smtp.port, smtp.retry_min), (587, Duration::from_secs(10)));
+
+        let bad_role = text.replace("= \"unit\"", "= \"admin\"");
+        let e = ConfigFile::parse(&bad_role)
+            .unwrap()
+            .console
+            .unwrap()
+            .options()
+            .unwrap_err();
+        assert_eq!(e.name, "console.oidc.roles");
+        let typo = text.replace("role_claim", "role_claims");
+        assert!(
+            ConfigFile::parse(&typo)
+                .unwrap_err()
+                .to_string()
+                .contains("role_claims")
+        );
+        let no_oidc = ConfigFile::parse("[console.smtp]\nhost = \"h\"\nfrom = \"f@e\"\n").unwrap();
+        assert_eq!(no_oidc.console.unwrap().options().unwrap_err().name, "console.oidc");
     }
 }

@@ -23,6 +23,7 @@ pub mod core;
 pub mod fixtures;
 pub mod http;
 pub mod logging;
+pub mod mail;
 pub mod ndjson;
 pub mod node;
 pub mod service;

@@ -13,6 +13,7 @@ use crate::core::model::Settings;
 use crate::http::admin::auth::Tokens;
 use crate::http::admin::{self, Admin};
 use crate::http::check::{self, State};
+use crate::http::console::{Console, ConsoleOptions};
 use crate::http::grpc::{self, GrpcListener};
 use crate::http::listener::{self, Listener, ListenerConfig};
 use crate::http::metrics::Metrics;
@@ -42,6 +43,8 @@ pub struct Options {
     /// Where "now" comes from: checks without `at`, commit times, the
     /// admin write path. The binary passes [`Clock::system`].
     pub clock: Clock,
+    /// The console on the admin listener (SPEC §9), if on.
+    pub console: Option<ConsoleOptions>,
 }
 
 /// A running service.
@@ -128,11 +131,14 @@ pub fn start(
     }));
 
     let limits = options.listener.clone();
+    let secure_console = options.admin_tls.is_some();
+    let console_stop = stop.subscribe();
     let Options {
         node: node_config,
         settings,
         tokens,
         clock,
+        console,
         ..
     } = options;
     let opening_nodes = node_slot.clone();
@@ -156,9 +162,20 @@ pub fn start(
             node_config,
         ));
         let _ = opening_nodes.set(node.clone());
+        let console = match console {
+            Some(c) => match Console::start(c, node.store().clone(), clock.clone(), secure_console, console_stop).await
+            {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    error!(error = %e, "cannot start the console; /console/ answers that it is off");
+                    None
+                }
+            },
+            None => None,
+        };
         match Admin::new(node, tokens, metrics, clock, &limits) {
             Ok(a) => {
-                let _ = slot.set(Arc::new(a));
+                let _ = slot.set(Arc::new(a.with_console(console)));
             }
             Err(e) => error!(error = %e, "cannot start the admin API"),
         }

@@ -15,6 +15,7 @@ use guardian_access::config::{ConfigFile, DEFAULT_DATA_DIR, ListenAddr, ServeFla
 use guardian_access::core::model::{HsaId, RuleId, Settings};
 use guardian_access::fixtures::Scenario;
 use guardian_access::http::admin::auth::{self, Tokens};
+use guardian_access::http::console::{ConsoleOptions, LoginOptions};
 use guardian_access::http::grpc::GrpcListener;
 use guardian_access::http::listener::Listener;
 use guardian_access::http::tls::Tls;
@@ -48,6 +49,32 @@ fn install_tracing(json: bool) {
     } else {
         builder.init();
     }
+}
+
+/// The demo login's three staff (SPEC §6): a registrar, a unit head and
+/// an auditor, with made-up HSA-IDs.
+fn demo_staff() -> Result<Vec<Caller>> {
+    let hsa = |s: &str| HsaId::parse(s).map_err(|e| anyhow!("{e}"));
+    Ok(vec![
+        Caller {
+            name: "Kim Kontaktcenter (demo)".into(),
+            role: Role::Registrar,
+            unit: None,
+            hsa_id: Some(hsa("SE2321000131-P000000000901")?),
+        },
+        Caller {
+            name: "Vera Verksamhetschef (demo)".into(),
+            role: Role::Unit,
+            unit: Some(hsa(DEMO_UNIT)?),
+            hsa_id: Some(hsa("SE2321000131-P000000000902")?),
+        },
+        Caller {
+            name: "Alva Logggranskare (demo)".into(),
+            role: Role::Auditor,
+            unit: None,
+            hsa_id: Some(hsa("SE2321000131-P000000000903")?),
+        },
+    ])
 }
 
 /// Tokens for every role, made up for this run of the demo.
@@ -141,6 +168,14 @@ pub fn main(flags: ServeFlags, clock: Clock) -> Result<()> {
         Some(files) => Some(Arc::new(Tls::load(files.clone())?)),
         None => None,
     };
+    let console = match (&config.source, &file.console) {
+        (Source::Demo, c) => Some(ConsoleOptions {
+            login: LoginOptions::Demo(demo_staff()?),
+            smtp: c.as_ref().and_then(|c| c.smtp.as_ref()).map(|s| s.config()),
+        }),
+        (_, Some(c)) => Some(c.options()?),
+        (_, None) => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("guardian-access")
@@ -222,6 +257,7 @@ pub fn main(flags: ServeFlags, clock: Clock) -> Result<()> {
                 grpc,
                 admin_tls: admin_tls.clone(),
                 check_tls: check_tls.clone(),
+                console,
             },
         );
         for tls in [admin_tls, check_tls].into_iter().flatten() {
@@ -230,6 +266,7 @@ pub fn main(flags: ServeFlags, clock: Clock) -> Result<()> {
         if let Some(tokens) = demo {
             if service.state.cell.wait_for_revision(1, Duration::from_secs(30)).await {
                 print_curl_lines(&check_url, admin_addr, &tokens);
+                open_console(admin_addr);
             } else {
                 warn!("the demo store did not load in time");
             }
@@ -240,6 +277,24 @@ pub fn main(flags: ServeFlags, clock: Clock) -> Result<()> {
         info!("stopped");
         Ok(())
     })
+}
+
+/// Opens the demo's console in a browser when there is a desktop to open
+/// one on (SPEC §6); otherwise the URL printed above is the way in.
+fn open_console(admin: SocketAddr) {
+    let url = format!("http://{admin}/console/");
+    info!("the console (demo login): {url}");
+    if std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some() {
+        let opened = std::process::Command::new("xdg-open")
+            .arg(&url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if let Err(e) = opened {
+            warn!(error = %e, "cannot open a browser; open {url} yourself");
+        }
+    }
 }
 
 /// Refuses a tokens file that group or others can read: whoever can read
@@ -376,6 +431,8 @@ fn print_curl_lines(check: &str, admin: SocketAddr, tokens: &[(String, Caller)])
          # what is recorded about a child, and who wrote what (auditor token)\n\
          curl -s http://{admin}/v1/subjects -H 'x-subject-id: 201509162390' -H 'authorization: Bearer {auditor}'\n\
          curl -s http://{admin}/v1/audit -H 'x-subject-id: 201509162390' -H 'authorization: Bearer {auditor}'\n\n\
+         # the console (demo login: pick a registrar, a unit head or an auditor)\n\
+         open http://{admin}/console/\n\n\
          # operations\n\
          curl -s {check}/v1/status; curl -s {check}/metrics | head\n",
         ask("197701012382", "201509162390", "journal"),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use jiff::civil::Date;
 
-use crate::core::decide::{Decision, Query, Reason, decide};
+use crate::core::decide::{Decision, Listing, Query, Reason, decide};
 use crate::core::identity::Pid;
 use crate::core::model::{Rule, RuleKind, Service, Settings};
 use crate::core::people::{PeopleBuilder, PersonRecord};
@@ -206,6 +206,61 @@ impl Explanation {
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
     }
+}
+
+/// One person's answer on one service, owned (the console's tables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    /// Who asks: a guardian, or the subject.
+    pub actor: Pid,
+    /// On which service.
+    pub service: Service,
+    /// Why.
+    pub reason: Reason,
+    /// How the portal lists the subject (`None`: own access).
+    pub listing: Option<Listing>,
+}
+
+/// What each registered guardian of `subject`, and the subject, gets at
+/// `at` on both services, from `facts` with `extra` added: the console's
+/// preview of a rule before it is saved. Decided by `decide` itself.
+pub fn answers(facts: &Facts, subject: Pid, extra: Option<&Rule>, at: Instant) -> Result<Vec<Answer>, BuildError> {
+    let tz = time::stockholm()?;
+    let mut people = PeopleBuilder::with_capacity(facts.records.len(), facts.records.len() * 2);
+    for r in &facts.records {
+        people.person(r.id, r.birth_date, r.protected, &r.guardians);
+    }
+    let mut rules: Vec<Rule> = facts.rules.iter().filter(|r| r.subject == subject).cloned().collect();
+    rules.extend(extra.cloned());
+    let snapshot = Snapshot::new(
+        facts.revision,
+        facts.settings.clone(),
+        Arc::new(people.build(&facts.settings, &tz)?),
+        Arc::new(Rules::new(rules)),
+    )?;
+    let mut actors: Vec<Pid> = snapshot.people().guardians_of(subject).collect();
+    actors.push(subject);
+    let mut out = Vec::with_capacity(actors.len() * 2);
+    for actor in actors {
+        for service in [Service::Journal, Service::Eservices] {
+            let d = decide(
+                &snapshot,
+                &Query {
+                    actor,
+                    subject,
+                    service,
+                    at,
+                },
+            );
+            out.push(Answer {
+                actor,
+                service,
+                reason: d.reason,
+                listing: d.listing,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Explains `q` on `facts`.

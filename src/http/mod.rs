@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod check;
+pub mod console;
 pub mod error;
 pub mod grpc;
 pub mod listener;

@@ -162,6 +162,46 @@ impl Instance {
         Instance::start_inner(store, node, settings, clock, None).await
     }
 
+    /// An instance with the console on, its admin listener already bound
+    /// (an identity provider needs the callback's address first).
+    pub async fn start_console(
+        store: Store,
+        admin: tokio::net::TcpListener,
+        admin_tls: Option<Arc<guardian_access::http::tls::Tls>>,
+        console: guardian_access::http::console::ConsoleOptions,
+        clock: Clock,
+    ) -> Instance {
+        let check = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (check_addr, admin_addr) = (check.local_addr().unwrap(), admin.local_addr().unwrap());
+        let service = service::start(
+            check,
+            admin,
+            async move { Ok(store) },
+            Options {
+                listener: ListenerConfig {
+                    min_revision_wait: Duration::from_millis(200),
+                    ..ListenerConfig::default()
+                },
+                node: quick_node(None),
+                settings: Arc::new(Settings::default()),
+                tokens: tokens(),
+                source: "test".into(),
+                clock,
+                grpc: None,
+                admin_tls,
+                check_tls: None,
+                console: Some(console),
+            },
+        );
+        let i = Instance {
+            check: check_addr,
+            admin: admin_addr,
+            service,
+        };
+        i.ready().await;
+        i
+    }
+
     /// An instance with the listeners' limits changed from the tests' usual.
     pub async fn start_limited(store: Store, node: NodeConfig, limits: impl FnOnce(&mut ListenerConfig)) -> Instance {
         let mut listener = ListenerConfig {
@@ -211,6 +251,7 @@ impl Instance {
                 grpc: None,
                 admin_tls,
                 check_tls: None,
+                console: None,
             },
         );
         let i = Instance {

@@ -64,13 +64,15 @@ use views::{
 /// The admin listener's shared state.
 #[derive(Debug)]
 pub struct Admin {
-    node: Arc<Node>,
+    pub(crate) node: Arc<Node>,
     tokens: Tokens,
-    tz: TimeZone,
+    pub(crate) tz: TimeZone,
     metrics: Arc<Metrics>,
-    clock: Clock,
+    pub(crate) clock: Clock,
+    /// The console, if this instance serves one.
+    pub(crate) console: Option<crate::http::console::Console>,
     /// A JSON body must arrive within this of its head.
-    body_read_timeout: std::time::Duration,
+    pub(crate) body_read_timeout: std::time::Duration,
     /// A population upload must arrive whole within this.
     import_timeout: std::time::Duration,
 }
@@ -91,16 +93,23 @@ impl Admin {
             tz: time::stockholm()?,
             metrics,
             clock,
+            console: None,
             body_read_timeout: limits.body_read_timeout,
             import_timeout: limits.import_timeout,
         })
     }
 
-    fn now(&self) -> Instant {
+    /// With the console `console`.
+    pub fn with_console(mut self, console: Option<crate::http::console::Console>) -> Admin {
+        self.console = console;
+        self
+    }
+
+    pub(crate) fn now(&self) -> Instant {
         self.clock.now()
     }
 
-    fn today(&self) -> jiff::civil::Date {
+    pub(crate) fn today(&self) -> jiff::civil::Date {
         time::local_date(self.now(), &self.tz)
     }
 }
@@ -110,7 +119,7 @@ pub type AdminBody = BoxBody<Bytes, std::io::Error>;
 /// An admin answer.
 pub type AdminAnswer = Response<AdminBody>;
 
-fn whole(r: crate::http::Answer) -> AdminAnswer {
+pub(crate) fn whole(r: crate::http::Answer) -> AdminAnswer {
     r.map(|b| b.map_err(|never| match never {}).boxed())
 }
 
@@ -156,7 +165,7 @@ fn no_such(family: Family) -> ApiError {
 
 /// The one place a store error becomes an answer. Failures of the store are
 /// logged here (the client only learns that nothing was written).
-fn store_error(e: StoreError, family: Family) -> ApiError {
+pub(crate) fn store_error(e: StoreError, family: Family) -> ApiError {
     let what = match family {
         Family::Restriction => "restriction",
         Family::Grant => "grant",
@@ -218,6 +227,12 @@ pub fn not_ready() -> AdminAnswer {
 /// Answers one admin request.
 pub async fn handle(admin: &Admin, req: Request<Incoming>) -> AdminAnswer {
     let started = std::time::Instant::now();
+    let path = req.uri().path();
+    if path == "/console" || path.starts_with("/console/") {
+        let answer = crate::http::console::handle(admin, req).await;
+        admin.metrics.request(Endpoint::Admin, started.elapsed());
+        return answer;
+    }
     let answer = match route(admin, req).await {
         Ok(a) => a,
         Err(e) => whole(error_answer(&admin.metrics, Endpoint::Admin, &e)),
@@ -472,23 +487,32 @@ async fn attains_16(admin: &Admin, subject: Pid) -> Result<Option<Instant>, ApiE
     Ok(birth.and_then(|b| time::attains_age(b, s.own_journal_age, s.leap_day, &admin.tz)))
 }
 
-async fn create(
+/// A created rule: its revision (and id), whether it is urgent, and when
+/// it ends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CreatedRule {
+    pub revision: u64,
+    pub urgent: bool,
+    pub valid_until: Option<Instant>,
+}
+
+/// The one way a restriction or grant is created, for the API and the
+/// console: validated, capped, committed (with its confirmation e-mail,
+/// if any), and visible to checks before it returns.
+pub(crate) async fn create_rule(
     admin: &Admin,
     caller: &Caller,
     family: Family,
     body: &Map<String, Value>,
-) -> Result<AdminAnswer, ApiError> {
-    let mut new = validate::new_rule(body, caller, family, admin.now(), &admin.tz)?;
-    if new.rule.kind.is_grant() {
-        let sixteen = attains_16(admin, new.rule.subject).await?;
-        validate::cap_grant(&mut new, sixteen)?;
-    }
+    mail: Option<crate::store::MailDraft>,
+) -> Result<CreatedRule, ApiError> {
+    let new = prepare_rule(admin, caller, family, body).await?;
     let (kind, urgent, valid_until) = (new.rule.kind, new.meta.urgent, new.rule.valid_until);
     let require_guardian = new.rule.guardian.is_some();
     let committed = admin
         .node
         .store()
-        .create_rule(new, require_guardian, caller)
+        .create_rule_mailing(new, require_guardian, caller, mail)
         .await
         .map_err(|e| store_error(e, family))?;
     visible(admin, committed.revision).await?;
@@ -500,10 +524,62 @@ async fn create(
         urgent,
         "write committed"
     );
+    Ok(CreatedRule {
+        revision: committed.revision,
+        urgent,
+        valid_until,
+    })
+}
+
+/// A new rule from `body`, validated and (a grant) capped at the subject's
+/// 16th birthday, not written: what [`create_rule`] writes, and what the
+/// console's preview shows.
+pub(crate) async fn prepare_rule(
+    admin: &Admin,
+    caller: &Caller,
+    family: Family,
+    body: &Map<String, Value>,
+) -> Result<crate::store::NewRule, ApiError> {
+    let mut new = validate::new_rule(body, caller, family, admin.now(), &admin.tz)?;
+    if new.rule.kind.is_grant() {
+        let sixteen = attains_16(admin, new.rule.subject).await?;
+        validate::cap_grant(&mut new, sixteen)?;
+    }
+    Ok(new)
+}
+
+async fn create(
+    admin: &Admin,
+    caller: &Caller,
+    family: Family,
+    body: &Map<String, Value>,
+) -> Result<AdminAnswer, ApiError> {
+    let c = create_rule(admin, caller, family, body, None).await?;
     Ok(json_answer(
         201,
-        &Created::new(committed.revision, urgent, valid_until, &admin.tz),
+        &Created::new(c.revision, c.urgent, c.valid_until, &admin.tz),
     ))
+}
+
+/// The one way a rule is lifted, for the API and the console.
+pub(crate) async fn lift_rule(
+    admin: &Admin,
+    caller: &Caller,
+    family: Family,
+    id: RuleId,
+    body: &Map<String, Value>,
+    mail: Option<crate::store::MailDraft>,
+) -> Result<u64, ApiError> {
+    let req = validate::lift_request(body, caller, family)?;
+    let committed = admin
+        .node
+        .store()
+        .lift_mailing(id, req, caller, mail)
+        .await
+        .map_err(|e| store_error(e, family))?;
+    visible(admin, committed.revision).await?;
+    info!(action = "lift", revision = committed.revision, by = %caller.name, "write committed");
+    Ok(committed.revision)
 }
 
 async fn lift(
@@ -513,21 +589,29 @@ async fn lift(
     id: RuleId,
     body: &Map<String, Value>,
 ) -> Result<AdminAnswer, ApiError> {
-    let req = validate::lift_request(body, caller, family)?;
+    let revision = lift_rule(admin, caller, family, id, body, None).await?;
+    Ok(json_answer(200, &Written { revision }))
+}
+
+/// The one way an urgent restriction's signed form is recorded, for the
+/// API and the console.
+pub(crate) async fn confirm_rule(
+    admin: &Admin,
+    caller: &Caller,
+    id: RuleId,
+    body: &Map<String, Value>,
+    mail: Option<crate::store::MailDraft>,
+) -> Result<u64, ApiError> {
+    let req = validate::confirm_request(body, caller)?;
     let committed = admin
         .node
         .store()
-        .lift(id, req, caller)
+        .confirm_mailing(id, req, caller, mail)
         .await
-        .map_err(|e| store_error(e, family))?;
+        .map_err(|e| store_error(e, Family::Restriction))?;
     visible(admin, committed.revision).await?;
-    info!(action = "lift", revision = committed.revision, by = %caller.name, "write committed");
-    Ok(json_answer(
-        200,
-        &Written {
-            revision: committed.revision,
-        },
-    ))
+    info!(action = "confirm", revision = committed.revision, by = %caller.name, "write committed");
+    Ok(committed.revision)
 }
 
 async fn confirm(
@@ -536,21 +620,8 @@ async fn confirm(
     id: RuleId,
     body: &Map<String, Value>,
 ) -> Result<AdminAnswer, ApiError> {
-    let req = validate::confirm_request(body, caller)?;
-    let committed = admin
-        .node
-        .store()
-        .confirm(id, req, caller)
-        .await
-        .map_err(|e| store_error(e, Family::Restriction))?;
-    visible(admin, committed.revision).await?;
-    info!(action = "confirm", revision = committed.revision, by = %caller.name, "write committed");
-    Ok(json_answer(
-        200,
-        &Written {
-            revision: committed.revision,
-        },
-    ))
+    let revision = confirm_rule(admin, caller, id, body, None).await?;
+    Ok(json_answer(200, &Written { revision }))
 }
 
 /// `POST /v1/population`: NDJSON streamed straight into one transaction.
@@ -708,15 +779,15 @@ async fn audit_view(admin: &Admin, reading: &Reading<'_>, subject: Pid) -> Resul
 
 /// Who is reading personal data, and why: what every read leaves in the
 /// access log.
-struct Reading<'a> {
-    caller: &'a Caller,
-    purpose: Option<String>,
+pub(crate) struct Reading<'a> {
+    pub caller: &'a Caller,
+    pub purpose: Option<String>,
 }
 
 impl Reading<'_> {
     /// Appends the read to the access log, durably, before anything is
     /// shown; a read that cannot be logged is refused.
-    async fn log(
+    pub(crate) async fn log(
         &self,
         admin: &Admin,
         action: &'static str,
