@@ -238,13 +238,19 @@ pub fn answers(facts: &Facts, subject: Pid, extra: Option<&Rule>, at: Instant) -
         Arc::new(people.build(&facts.settings, &tz)?),
         Arc::new(Rules::new(rules)),
     )?;
+    Ok(answers_on(&snapshot, subject, at))
+}
+
+/// What each registered guardian of `subject`, and the subject, gets at
+/// `at` on both services, on `snapshot`.
+pub fn answers_on(snapshot: &Snapshot, subject: Pid, at: Instant) -> Vec<Answer> {
     let mut actors: Vec<Pid> = snapshot.people().guardians_of(subject).collect();
     actors.push(subject);
     let mut out = Vec::with_capacity(actors.len() * 2);
     for actor in actors {
         for service in [Service::Journal, Service::Eservices] {
             let d = decide(
-                &snapshot,
+                snapshot,
                 &Query {
                     actor,
                     subject,
@@ -260,7 +266,7 @@ pub fn answers(facts: &Facts, subject: Pid, extra: Option<&Rule>, at: Instant) -
             });
         }
     }
-    Ok(out)
+    out
 }
 
 /// Explains `q` on `facts`.

@@ -67,20 +67,41 @@ pub struct ConsoleOptions {
 #[allow(clippy::large_enum_variant)] // one per process
 enum Login {
     Demo(Vec<Caller>),
-    /// The identity provider's client, made at the first login (and again
-    /// after a failure): an identity provider that is down at start-up
-    /// delays neither the admin API nor the console's other pages.
-    Oidc(OidcConfig, tokio::sync::OnceCell<Oidc>),
+    /// The identity provider's client, made at the first login and again
+    /// when it is an hour old (the issuer's keys rotate): an identity
+    /// provider that is down delays neither start-up, nor the admin API,
+    /// nor the console's other pages.
+    Oidc(OidcConfig, tokio::sync::Mutex<Option<(std::time::Instant, Arc<Oidc>)>>),
 }
 
+/// How long a discovery document and its JWKS are used before they are
+/// read again.
+const DISCOVERY_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
 impl Login {
-    async fn oidc(&self) -> Option<Result<&Oidc, String>> {
-        let Login::Oidc(config, cell) = self else { return None };
-        Some(
-            cell.get_or_try_init(|| Oidc::discover(config.clone()))
-                .await
-                .map_err(|e| e.to_string()),
-        )
+    async fn oidc(&self) -> Option<Result<Arc<Oidc>, String>> {
+        let Login::Oidc(config, held) = self else { return None };
+        let mut held = held.lock().await;
+        if let Some((at, client)) = held.as_ref()
+            && at.elapsed() < DISCOVERY_TTL
+        {
+            return Some(Ok(client.clone()));
+        }
+        Some(match Oidc::discover(config.clone()).await {
+            Ok(client) => {
+                let client = Arc::new(client);
+                *held = Some((std::time::Instant::now(), client.clone()));
+                Ok(client)
+            }
+            // Keep using the keys we have while the issuer cannot be read.
+            Err(e) => match held.as_ref() {
+                Some((_, client)) => {
+                    warn!(error = %e, "cannot re-read the identity provider's discovery document; using the one read before");
+                    Ok(client.clone())
+                }
+                None => Err(e.to_string()),
+            },
+        })
     }
 }
 
@@ -125,7 +146,7 @@ impl Console {
                         config.client_secret_file.display()
                     )
                 })?;
-                Login::Oidc(config, tokio::sync::OnceCell::new())
+                Login::Oidc(config, tokio::sync::Mutex::new(None))
             }
         };
         let mail = match options.smtp {

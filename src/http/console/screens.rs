@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::pages::{self, area, field, field_in, notice};
 use super::{Ctx, Form, ReqInfo, Stop, body_of, page, redirect, text};
 use crate::actor::Role;
-use crate::core::explain::{Answer, Facts, answers};
+use crate::core::explain::{Answer, Facts, answers, answers_on};
 use crate::core::identity::Pid;
 use crate::core::model::{RuleId, RuleKind, Service};
 use crate::core::time::{self, Instant};
@@ -302,33 +302,10 @@ fn age_years(birth: jiff::civil::Date, today: jiff::civil::Date) -> i16 {
 }
 
 fn current_answers(ctx: &Ctx<'_>, subject: Pid, at: Instant) -> Vec<Answer> {
-    let Some(p) = ctx.admin.node.publication().current() else {
-        return Vec::new();
-    };
-    let snap = &p.snapshot;
-    let mut actors: Vec<Pid> = snap.people().guardians_of(subject).collect();
-    actors.push(subject);
-    let mut out = Vec::new();
-    for actor in actors {
-        for service in [Service::Journal, Service::Eservices] {
-            let d = crate::core::decide::decide(
-                snap,
-                &crate::core::decide::Query {
-                    actor,
-                    subject,
-                    service,
-                    at,
-                },
-            );
-            out.push(Answer {
-                actor,
-                service,
-                reason: d.reason,
-                listing: d.listing,
-            });
-        }
+    match ctx.admin.node.publication().current() {
+        Some(p) => answers_on(&p.snapshot, subject, at),
+        None => Vec::new(),
     }
-    out
 }
 
 fn answer_table(ctx: &Ctx<'_>, now: &[Answer], after: Option<&[Answer]>) -> Markup {
@@ -983,16 +960,11 @@ async fn rule_action(ctx: &Ctx<'_>, h: &str, id_text: &str, action: &str, f: &Fo
     let id = rule_id(ctx, id_text)?;
     let d = child_data(ctx, pid).await?;
     let r = find_rule(ctx, &d, id)?;
-    let requester = r
-        .meta
-        .requested_by
-        .as_ref()
-        .and_then(|v| v.get("email"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    let reference = r.meta.reference.clone().unwrap_or_default();
-    let unit = r.meta.issuing_unit.as_str().to_owned();
+    let Addressed {
+        requester,
+        reference,
+        unit,
+    } = Addressed::of(r);
     let family = Family::of(r.rule.kind);
     let kind = r.rule.kind;
     if action == "lift" {
@@ -1032,6 +1004,31 @@ async fn rule_action(ctx: &Ctx<'_>, h: &str, id_text: &str, action: &str, f: &Fo
                 };
                 rule_page(ctx, h, id_text, forms, &ReqInfo { query: Vec::new() }).await
             }
+        }
+    }
+}
+
+/// Where a decision's confirmations go, under which reference, and the
+/// unit a lift or confirmation acts for.
+struct Addressed {
+    requester: String,
+    reference: String,
+    unit: String,
+}
+
+impl Addressed {
+    fn of(r: &StoredRule) -> Addressed {
+        Addressed {
+            requester: r
+                .meta
+                .requested_by
+                .as_ref()
+                .and_then(|v| v.get("email"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+            reference: r.meta.reference.clone().unwrap_or_default(),
+            unit: r.meta.issuing_unit.as_str().to_owned(),
         }
     }
 }
@@ -1176,16 +1173,11 @@ async fn worklist_confirm(ctx: &Ctx<'_>, id_text: &str, f: &Form) -> Page {
         "unit_request_reference".into(),
         f.get(&format!("unit_request_reference-{id}")).to_owned(),
     ));
-    let requester = r
-        .meta
-        .requested_by
-        .as_ref()
-        .and_then(|v| v.get("email"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    let reference = r.meta.reference.clone().unwrap_or_default();
-    let unit = r.meta.issuing_unit.as_str().to_owned();
+    let Addressed {
+        requester,
+        reference,
+        unit,
+    } = Addressed::of(r);
     match confirm(ctx, id, &unit, &requester, &reference, r.rule.kind, &row).await {
         Ok(()) => {
             let body = html! {
