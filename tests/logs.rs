@@ -1,6 +1,6 @@
 //! The log of a whole run at `trace` level holds no identity number: not in
 //! answers logged, not in errors, not in spans, not in what the store's
-//! drivers log. Correlation uses keyed tags.
+//! drivers log, not from the console. Correlation uses keyed tags.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -123,6 +123,12 @@ async fn a_trace_level_log_holds_no_identity_number() {
             .unwrap(),
     )
     .await;
+    console_path(
+        guardian_access::store::Store::open_sqlite(&sqlite_dir.path().join("console"))
+            .await
+            .unwrap(),
+    )
+    .await;
     let cluster = support::pg::Cluster::start();
     if let Some(cluster) = &cluster {
         let url = cluster.database("logs").await;
@@ -131,6 +137,10 @@ async fn a_trace_level_log_holds_no_identity_number() {
 
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(log.contains("write committed"), "the writes were logged:\n{log}");
+    assert!(
+        log.contains("demo login to the console"),
+        "the console was used:\n{log}"
+    );
 
     assert!(log.contains("check"), "the debug events were captured:\n{log}");
     assert!(log.contains("grpc check"), "the gRPC checks were logged:\n{log}");
@@ -260,5 +270,154 @@ async fn write_path(store: guardian_access::store::Store) {
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("subject_view"));
+    i.stop().await;
+}
+
+/// The console's pages and forms, every one carrying identity numbers in
+/// its form fields or showing them on the page.
+async fn console_path(store: guardian_access::store::Store) {
+    use guardian_access::actor::{Caller, Role};
+    use guardian_access::core::model::HsaId;
+    use guardian_access::http::console::{ConsoleOptions, LoginOptions};
+    use support::{POPULATION, UNIT};
+    let staff = |name: &str, role, unit: Option<&str>| Caller {
+        name: name.into(),
+        role,
+        unit: unit.map(|u| HsaId::parse(u).unwrap()),
+        hsa_id: Some(HsaId::parse("SE2321000131-P000000000011").unwrap()),
+    };
+    let options = ConsoleOptions {
+        login: LoginOptions::Demo(vec![
+            staff("Kim", Role::Registrar, None),
+            staff("Vera", Role::Unit, Some(UNIT)),
+            staff("Alva", Role::Auditor, None),
+        ]),
+        smtp: None,
+    };
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let i = support::Instance::start_console(store, admin, None, options, support::clock()).await;
+    let family = r#"{"id": "201509162390", "protected": false, "guardians": ["197701012382", "198001022386"]}"#;
+    assert_eq!(i.admin_post(POPULATION, "/v1/population", family).await.status, 200);
+    let base = format!("http://{}", i.admin);
+    let token = |html: &str| {
+        html.split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap()
+            .to_owned()
+    };
+    let login = async |who: &str| {
+        let c = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let page = c
+            .get(format!("{base}/console/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        c.post(format!("{base}/console/demo-login"))
+            .form(&[("csrf", token(&page).as_str()), ("who", who)])
+            .send()
+            .await
+            .unwrap();
+        let home = c
+            .get(format!("{base}/console/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        (c.clone(), token(&home))
+    };
+    let (kim, csrf) = login("0").await;
+    let post = async |c: &reqwest::Client, path: &str, form: &[(&str, &str)]| {
+        let r = c.post(format!("{base}{path}")).form(form).send().await.unwrap();
+        let location = r.headers().get("location").map(|l| l.to_str().unwrap().to_owned());
+        (r.status().as_u16(), location)
+    };
+    assert_eq!(
+        post(&kim, "/console/find", &[("csrf", &csrf), ("pnr", "20150916-2391")])
+            .await
+            .0,
+        422
+    );
+    let (_, child) = post(&kim, "/console/find", &[("csrf", &csrf), ("pnr", "150916-2390")]).await;
+    let child = child.unwrap();
+    assert_eq!(kim.get(format!("{base}{child}")).send().await.unwrap().status(), 200);
+    let mut block = vec![
+        ("csrf", csrf.as_str()),
+        ("urgent", "1"),
+        ("guardian", "197701012382"),
+        ("services", "journal"),
+        ("services", "eservices"),
+        ("requested_by.name", "Sara"),
+        ("requested_by.phone", "010"),
+        ("requested_by.email", "ssk@region.example"),
+        ("issuing_unit", UNIT),
+        ("decided_by.name", "Vera"),
+        ("basis", "Oro"),
+        ("reference", "BUP 1"),
+        ("step", "preview"),
+    ];
+    assert_eq!(post(&kim, &format!("{child}/new/block"), &block).await.0, 200);
+    block.pop();
+    block.push(("step", "save"));
+    let (status, rule) = post(&kim, &format!("{child}/new/block"), &block).await;
+    assert_eq!(status, 303);
+    let rule = rule.unwrap();
+    let id = rule
+        .split("/rule/")
+        .nth(1)
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        kim.get(format!("{base}/console/worklist"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let field = format!("form_reference-{id}");
+    let request = format!("unit_request_reference-{id}");
+    let confirm = [
+        ("csrf", csrf.as_str()),
+        ("decided_by.name", "Vera"),
+        (&field, "F-1"),
+        (&request, "R-1"),
+    ];
+    assert_eq!(
+        post(&kim, &format!("/console/worklist/{id}/confirm"), &confirm).await.0,
+        200
+    );
+    let lift = [
+        ("csrf", csrf.as_str()),
+        ("decided_by.name", "Vera"),
+        ("basis", "Hotbild kontrollerad"),
+        ("threat_assessment_done", "ja"),
+        ("unit_request_reference", "R-2"),
+    ];
+    let rule_path = rule.split('?').next().unwrap();
+    assert_eq!(post(&kim, &format!("{rule_path}/lift"), &lift).await.0, 303);
+    let (alva, alva_csrf) = login("2").await;
+    assert_eq!(
+        post(
+            &alva,
+            "/console/access-log",
+            &[("csrf", &alva_csrf), ("pnr", "201509162390")]
+        )
+        .await
+        .0,
+        200
+    );
     i.stop().await;
 }
