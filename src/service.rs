@@ -63,8 +63,17 @@ pub fn start(
     check: impl Into<Listener>,
     admin: impl Into<Listener>,
     store: impl Future<Output = Result<Store, StoreError>> + Send + 'static,
-    mut options: Options,
+    options: Options,
 ) -> Service {
+    start_opening(check.into(), admin.into(), Box::pin(store), options)
+}
+
+/// The store on its way to being open.
+type Opening = std::pin::Pin<Box<dyn Future<Output = Result<Store, StoreError>> + Send>>;
+
+/// [`start`], not generic: the service's tasks are compiled once, in this
+/// crate, rather than again in every binary and example that starts one.
+fn start_opening(check: Listener, admin: Listener, store: Opening, mut options: Options) -> Service {
     let cell = Arc::new(Publication::new(options.clock.clone()));
     let metrics = Arc::new(Metrics::default());
     let state = Arc::new(State::new(
@@ -89,7 +98,6 @@ pub fn start(
     let mut tasks = Vec::new();
 
     let handler_slot = slot.clone();
-    let (check, admin) = (check.into(), admin.into());
     let admin_metrics = metrics.clone();
     let admin_tls = options.admin_tls.clone();
     let admin_listener = options.listener.clone();

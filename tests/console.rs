@@ -874,7 +874,11 @@ async fn the_browser_flows_with_the_real_provider_accessibility_and_mail() {
             .unwrap()
             .contains("Blockering av vårdnadshavare")
     );
-    assert_eq!(mails[0]["rcpt_tos"][0], "ssk.bup@region.example");
+    assert_eq!(
+        mails[0]["rcpt_tos"],
+        serde_json::json!(["ssk.bup@region.example", "chef.bup@region.example"]),
+        "to every address the form gave"
+    );
     for m in &mails {
         // No number in any form, anywhere in the message; no name in
         // what a reader sees.

@@ -189,7 +189,7 @@ async function main() {
   // A first try without the basis: the error stands next to the field, nothing typed is lost.
   await page.getByLabel(`Vårdnadshavare ${MOTHER}`).check();
   await page.getByLabel('Namn').fill('Sara Sjuksköterska');
-  await page.getByLabel('E-post (bekräftelsen skickas hit)').fill('ssk.bup@region.example');
+  await page.getByLabel('E-post (bekräftelsen skickas hit').fill('ssk.bup@region.example, chef.bup@region.example');
   await page.getByLabel('Telefon').fill('010-000 00 00');
   await page.getByLabel('Vårdenhetens HSA-id').fill(UNIT);
   await page.getByLabel('Ansvarig verksamhetschef').fill('Vera Verksamhetschef');

@@ -101,7 +101,7 @@ pub fn field_in(
         div.field.error[error.is_some()] {
             label for=(id) { (label) @if required { " " abbr title="obligatoriskt" { "*" } } }
             @if let Some(e) = error { p.msg id=(err_id) { (e) } }
-            input id=(id) name=(name) type=(kind) value=(value) required[required]
+            input id=(id) name=(name) type=(kind) value=(value) required[required] multiple[kind == "email"]
                 aria-invalid=[error.map(|_| "true")] aria-describedby=[error.map(|_| err_id.as_str())];
         }
     }

@@ -562,7 +562,8 @@ fn console_checks(ctx: &Ctx<'_>, kind: RuleKind, urgent: bool, f: &Form) -> Erro
         e.top = Some("Rätta det som är markerat nedan. Inget har sparats.".into());
     }
     let email = f.get("requested_by.email");
-    if !email.is_empty() && !email.parse::<lettre::Address>().is_ok_and(|_| email.contains('.')) {
+    let valid = |a: &str| a.parse::<lettre::Address>().is_ok_and(|_| a.contains('.'));
+    if !addresses(email).iter().all(|a| valid(a)) {
         e.fields
             .push(("requested_by.email".into(), "Ange en giltig e-postadress.".into()));
         e.top = Some("Rätta det som är markerat nedan. Inget har sparats.".into());
@@ -655,14 +656,19 @@ fn saved_text(kind: RuleKind, urgent: bool) -> String {
     )
 }
 
-fn mail_draft(ctx: &Ctx<'_>, to: &str, what: &str, reference: &str) -> Option<MailDraft> {
-    ctx.console.mail.as_ref()?;
-    let to: Vec<String> = to
+/// The addresses in a field that may hold several (comma, semicolon or
+/// space between them), as the seed forms allow.
+fn addresses(field: &str) -> Vec<&str> {
+    field
         .split([',', ';', ' '])
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .map(str::to_owned)
-        .collect();
+        .collect()
+}
+
+fn mail_draft(ctx: &Ctx<'_>, to: &str, what: &str, reference: &str) -> Option<MailDraft> {
+    ctx.console.mail.as_ref()?;
+    let to: Vec<String> = addresses(to).into_iter().map(str::to_owned).collect();
     (!to.is_empty()).then(|| MailDraft {
         to,
         what: what.to_owned(),
@@ -740,7 +746,7 @@ fn rule_form(
                 legend { "Beställare (vårdpersonal som begär beslutet)" }
                 (field("requested_by.name", "Namn", f.get("requested_by.name"), e.get("requested_by.name"), "text", urgent))
                 (field("requested_by.id", "HSA-id", f.get("requested_by.id"), e.get("requested_by.id"), "text", false))
-                (field("requested_by.email", "E-post (bekräftelsen skickas hit)", f.get("requested_by.email"), e.get("requested_by.email"), "email", false))
+                (field("requested_by.email", "E-post (bekräftelsen skickas hit; flera med kommatecken)", f.get("requested_by.email"), e.get("requested_by.email"), "email", false))
                 (field("requested_by.phone", "Telefon", f.get("requested_by.phone"), e.get("requested_by.phone"), "tel", urgent))
             }
             fieldset {
