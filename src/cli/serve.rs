@@ -431,8 +431,8 @@ fn print_curl_lines(check: &str, admin: SocketAddr, tokens: &[(String, Caller)])
          # what is recorded about a child, and who wrote what (auditor token)\n\
          curl -s http://{admin}/v1/subjects -H 'x-subject-id: 201509162390' -H 'authorization: Bearer {auditor}'\n\
          curl -s http://{admin}/v1/audit -H 'x-subject-id: 201509162390' -H 'authorization: Bearer {auditor}'\n\n\
-         # the console (demo login: pick a registrar, a unit head or an auditor)\n\
-         open http://{admin}/console/\n\n\
+         # the console in a browser (demo login: pick a registrar, a unit head or an auditor)\n\
+         # http://{admin}/console/\n\n\
          # operations\n\
          curl -s {check}/v1/status; curl -s {check}/metrics | head\n",
         ask("197701012382", "201509162390", "journal"),
