@@ -584,7 +584,10 @@ async fn forms_need_their_token_numbers_stay_out_of_urls_and_units_stay_in_their
     assert_eq!(r.status(), 303);
     let child = location(&r);
     assert!(child.starts_with("/console/child/"), "{child}");
-    assert!(!child.contains("2390") && !child.contains("150916"), "{child}");
+    assert!(
+        !child.contains("1509162390") && !child.contains("150916-2390"),
+        "{child}"
+    );
     let (status, html) = page(&kim, format!("{base}{child}")).await;
     assert_eq!(status, 200);
     assert!(html.contains(MOTHER) && html.contains(FATHER));
@@ -682,6 +685,10 @@ async fn forms_need_their_token_numbers_stay_out_of_urls_and_units_stay_in_their
     let vera_child = location(&r);
     let (_, html) = page(&vera, format!("{base}{vera_child}")).await;
     assert!(!html.contains(&format!("Beslut {id}")), "another unit's rule is listed");
+    assert!(
+        !html.contains("(blockering)") && html.contains("andra enheters beslut visas inte"),
+        "another unit's block shows through the answers: {html}"
+    );
     let (status, _) = page(&vera, format!("{base}{vera_child}/rule/{id}")).await;
     assert_eq!(status, 404);
     let r = vera
@@ -771,6 +778,10 @@ async fn forms_need_their_token_numbers_stay_out_of_urls_and_units_stay_in_their
         .unwrap();
     let seen = |who: &str, action: &str| entries.iter().any(|e| e.actor == who && e.action == action);
     assert!(seen("Kim Kontaktcenter", "console_child_view"));
+    assert!(
+        seen("Kim Kontaktcenter", "console_rule_form"),
+        "a refused form was shown, and logged"
+    );
     assert!(seen("Vera Verksamhetschef", "console_child_view"));
     assert!(seen("Olle Annanenhet", "console_unit_list"));
     assert!(seen("Olle Annanenhet", "console_rule_view"));
@@ -780,6 +791,26 @@ async fn forms_need_their_token_numbers_stay_out_of_urls_and_units_stay_in_their
             .filter(|e| e.action.starts_with("console_"))
             .all(|e| e.hsa_id.is_some()),
         "people are logged with their HSA-ID"
+    );
+    // The mother's own log extract has the unit's list, which named her.
+    let mothers = i
+        .service
+        .node()
+        .unwrap()
+        .store()
+        .access_log(AccessQuery {
+            subject: Some(support::pid_of(MOTHER)),
+            from: guardian_access::core::time::Instant::from_nanos(i64::MIN),
+            to: guardian_access::core::time::Instant::MAX,
+            after: 0,
+            limit: 1000,
+        })
+        .await
+        .unwrap();
+    assert!(
+        mothers
+            .iter()
+            .any(|e| e.actor == "Olle Annanenhet" && e.action == "console_unit_list")
     );
 
     // The auditor sees both in the patient's log extract.

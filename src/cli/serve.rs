@@ -176,6 +176,9 @@ pub fn main(flags: ServeFlags, clock: Clock) -> Result<()> {
         (_, Some(c)) => Some(c.options()?),
         (_, None) => None,
     };
+    if let Some(c) = &console {
+        console_files(c)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("guardian-access")
@@ -277,6 +280,23 @@ pub fn main(flags: ServeFlags, clock: Clock) -> Result<()> {
         info!("stopped");
         Ok(())
     })
+}
+
+/// The console's files must be there at start, not at the first login or
+/// the first e-mail: a missing secret stops the start, naming the setting.
+fn console_files(c: &ConsoleOptions) -> Result<()> {
+    let mut files = Vec::new();
+    if let LoginOptions::Oidc(o) = &c.login {
+        files.push(("console.oidc.client_secret_file", &o.client_secret_file));
+    }
+    if let Some(smtp) = &c.smtp {
+        files.extend(smtp.ca_file.iter().map(|f| ("console.smtp.ca_file", f)));
+        files.extend(smtp.password_file.iter().map(|f| ("console.smtp.password_file", f)));
+    }
+    for (name, path) in files {
+        std::fs::File::open(path).with_context(|| format!("`{name}`: cannot read `{}`", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Opens the demo's console in a browser when there is a desktop to open

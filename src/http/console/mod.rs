@@ -93,15 +93,30 @@ impl Login {
                 *held = Some((std::time::Instant::now(), client.clone()));
                 Ok(client)
             }
-            // Keep using the keys we have while the issuer cannot be read.
-            Err(e) => match held.as_ref() {
+            // Keep using the keys we have while the issuer cannot be read,
+            // and try again in a minute rather than at every login.
+            Err(e) => match held.take() {
                 Some((_, client)) => {
                     warn!(error = %e, "cannot re-read the identity provider's discovery document; using the one read before");
-                    Ok(client.clone())
+                    let retry = std::time::Instant::now()
+                        .checked_sub(DISCOVERY_TTL.saturating_sub(std::time::Duration::from_secs(60)))
+                        .unwrap_or_else(std::time::Instant::now);
+                    *held = Some((retry, client.clone()));
+                    Ok(client)
                 }
                 None => Err(e.to_string()),
             },
         })
+    }
+
+    /// Reads the discovery document (and keys) again at the next login.
+    async fn forget(&self) {
+        if let Login::Oidc(_, held) = self {
+            let mut held = held.lock().await;
+            if let Some((at, _)) = held.as_mut() {
+                *at = std::time::Instant::now().checked_sub(DISCOVERY_TTL).unwrap_or(*at);
+            }
+        }
     }
 }
 
@@ -119,7 +134,8 @@ impl std::fmt::Debug for Login {
 pub struct Console {
     sessions: Arc<Sessions>,
     login: Login,
-    /// Served over TLS: `__Host-` cookies, `Secure`.
+    /// `__Host-` cookies, `Secure`: served over TLS, or logging in with
+    /// OIDC (always over HTTPS, perhaps ended by a proxy in front).
     secure: bool,
     mail: Option<Arc<Sender>>,
     /// Keys the login page's form token (there is no session yet).
@@ -157,6 +173,9 @@ impl Console {
         session::sweep_every_minute(&sessions, clock);
         let mut form_key = [0u8; 32];
         getrandom::fill(&mut form_key).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        // Staff log in over HTTPS, whether this listener or a proxy in
+        // front of it ends TLS: outside the demo the cookies are `Secure`.
+        let secure = secure || matches!(login, Login::Oidc(..));
         Ok(Console {
             sessions,
             login,
@@ -571,7 +590,7 @@ async fn start_login(admin: &Admin, console: &Console) -> AdminAnswer {
         }
     };
     let started = oidc.start();
-    console.sessions.start_login(
+    let waiting = console.sessions.start_login(
         started.state.clone(),
         Pending {
             nonce: started.nonce,
@@ -579,6 +598,15 @@ async fn start_login(admin: &Admin, console: &Console) -> AdminAnswer {
             started: admin.now(),
         },
     );
+    if !waiting {
+        warn!("too many logins are waiting for the identity provider; this one is refused");
+        return login_page(
+            console,
+            None,
+            Some("För många inloggningar pågår just nu. Försök igen om en stund."),
+            &[],
+        );
+    }
     let mut r = Response::new(Vec::new());
     *r.status_mut() = StatusCode::SEE_OTHER;
     if let Ok(v) = HeaderValue::from_str(&started.url) {
@@ -647,10 +675,15 @@ async fn callback(admin: &Admin, console: &Console, req: &Request<Incoming>) -> 
             );
             page(200, maud::PreEscaped(body), &[console.session_cookie(&id), clear])
         }
-        Err(why) => refuse(
-            "Inloggningen godtogs inte: din roll eller enhet saknas, eller svaret från identitetsleverantören var ogiltigt.",
-            &why,
-        ),
+        Err(why) => {
+            // The issuer may have rotated its keys: read them again at the
+            // next login.
+            console.login.forget().await;
+            refuse(
+                "Inloggningen godtogs inte: din roll eller enhet saknas, eller svaret från identitetsleverantören var ogiltigt.",
+                &why,
+            )
+        }
     }
 }
 

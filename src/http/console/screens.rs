@@ -176,10 +176,39 @@ fn guardians(d: &ChildData) -> Vec<Pid> {
         .collect()
 }
 
+/// Everyone a page about the child shows: the child, the registered
+/// guardians, and any other guardian a decision names.
 fn shown(d: &ChildData) -> Vec<Pid> {
     let mut v = vec![d.pid];
     v.extend(guardians(d));
+    for g in d.rules.iter().filter_map(|r| r.rule.guardian) {
+        if !v.contains(&g) {
+            v.push(g);
+        }
+    }
     v
+}
+
+/// The subjects of a list of decisions: each child and each named guardian.
+fn named(rules: &[StoredRule]) -> Vec<Pid> {
+    let mut v = Vec::new();
+    for p in rules
+        .iter()
+        .flat_map(|r| std::iter::once(r.rule.subject).chain(r.rule.guardian))
+    {
+        if !v.contains(&p) {
+            v.push(p);
+        }
+    }
+    v
+}
+
+/// A unit's person sees only its own unit's decisions, also in the answers:
+/// the other rules are left out of what the answers are computed from.
+fn keep_visible(ctx: &Ctx<'_>, d: &ChildData, rules: &mut Vec<crate::core::model::Rule>) {
+    if own_unit(ctx).is_some() {
+        rules.retain(|r| d.rules.iter().any(|own| own.rule.id == r.id));
+    }
 }
 
 async fn child_page(ctx: &Ctx<'_>, h: &str) -> Page {
@@ -198,13 +227,17 @@ async fn child_page(ctx: &Ctx<'_>, h: &str) -> Page {
         .await
         .map_err(|e| store_problem(ctx, e))?;
     let now = ctx.admin.now();
-    let current = current_answers(ctx, pid, now);
+    let current = match own_unit(ctx) {
+        None => current_answers(ctx, pid, now),
+        Some(_) => own_answers(ctx, &d, now).await?,
+    };
     let tz = &ctx.admin.tz;
     let writer = WRITERS.contains(&ctx.user().role);
     let body = html! {
         (child_summary(ctx, &d))
         section {
             h2 { "Vad portalen visar nu" }
+            @if own_unit(ctx).is_some() { p { "Beräknat med din enhets beslut; andra enheters beslut visas inte och kan ge ett annat svar i portalen." } }
             (answer_table(ctx, &current, None))
         }
         section {
@@ -306,6 +339,25 @@ fn current_answers(ctx: &Ctx<'_>, subject: Pid, at: Instant) -> Vec<Answer> {
         Some(p) => answers_on(&p.snapshot, subject, at),
         None => Vec::new(),
     }
+}
+
+/// The answers now from the stored facts and the unit's own decisions.
+async fn own_answers(ctx: &Ctx<'_>, d: &ChildData, at: Instant) -> Result<Vec<Answer>, Stop> {
+    let (revision, records, mut rules) = ctx
+        .admin
+        .node
+        .store()
+        .facts(d.pid, d.pid, None)
+        .await
+        .map_err(|e| store_problem(ctx, e))?;
+    keep_visible(ctx, d, &mut rules);
+    let facts = Facts {
+        revision,
+        settings: ctx.admin.node.settings().clone(),
+        records,
+        rules,
+    };
+    Ok(answers(&facts, d.pid, None, at).unwrap_or_default())
 }
 
 fn answer_table(ctx: &Ctx<'_>, now: &[Answer], after: Option<&[Answer]>) -> Markup {
@@ -437,6 +489,8 @@ impl Errors {
         let name = match field {
             "decided_by" | "requested_by" if m.contains("hsa_id") => format!("{field}.hsa_id"),
             "requested_by" if m.contains("`id`") => "requested_by.id".to_owned(),
+            "requested_by" if m.contains("`email`") => "requested_by.email".to_owned(),
+            "requested_by" if m.contains("`phone`") => "requested_by.phone".to_owned(),
             "decided_by" | "requested_by" => format!("{field}.name"),
             other => other.to_owned(),
         };
@@ -561,6 +615,13 @@ fn console_checks(ctx: &Ctx<'_>, kind: RuleKind, urgent: bool, f: &Form) -> Erro
     if !e.fields.is_empty() {
         e.top = Some("Rätta det som är markerat nedan. Inget har sparats.".into());
     }
+    if holds_a_number(f.get("reference"), ctx.admin.today()) {
+        e.fields.push((
+            "reference".into(),
+            "Skriv inte personnummer i ärendenumret: det skickas med e-post.".into(),
+        ));
+        e.top = Some("Rätta det som är markerat nedan. Inget har sparats.".into());
+    }
     let email = f.get("requested_by.email");
     let valid = |a: &str| a.parse::<lettre::Address>().is_ok_and(|_| a.contains('.'));
     if !addresses(email).iter().all(|a| valid(a)) {
@@ -583,6 +644,10 @@ async fn new_rule(ctx: &Ctx<'_>, h: &str, kind: &str, f: Option<&Form>, info: &R
     } && !kind.is_grant();
     let family = Family::of(kind);
     let d = child_data(ctx, pid).await?;
+    // The form shows the child and the guardians: logged before anything
+    // else, whatever happens next.
+    ctx.log("console_rule_form", &shown(&d), json!({"kind": kind.as_str()}))
+        .await?;
     let empty = Form::default();
     let form = f.unwrap_or(&empty);
     let mut errors = Errors::default();
@@ -615,13 +680,14 @@ async fn new_rule(ctx: &Ctx<'_>, h: &str, kind: &str, f: Option<&Form>, info: &R
                     Ok(new) => {
                         ctx.log("console_preview", &shown(&d), json!({"kind": kind.as_str()}))
                             .await?;
-                        let (revision, records, rules) = ctx
+                        let (revision, records, mut rules) = ctx
                             .admin
                             .node
                             .store()
                             .facts(pid, pid, None)
                             .await
                             .map_err(|e| store_problem(ctx, e))?;
+                        keep_visible(ctx, &d, &mut rules);
                         let facts = Facts {
                             revision,
                             settings: ctx.admin.node.settings().clone(),
@@ -654,6 +720,32 @@ fn saved_text(kind: RuleKind, urgent: bool) -> String {
         text::kind(kind),
         if urgent { " (akut, blankett väntas)" } else { "" }
     )
+}
+
+/// Whether `text` holds something that parses as an identity number: a
+/// run of 10 or 12 digits, with or without its separator.
+fn holds_a_number(text: &str, today: jiff::civil::Date) -> bool {
+    let cleaned: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_digit() || c == '-' || c == '+' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect();
+    cleaned.split_whitespace().any(|run| {
+        let digits: String = run.chars().filter(char::is_ascii_digit).collect();
+        let candidates = [run.to_owned(), digits.clone()];
+        (10..=12).contains(&digits.len()) && candidates.iter().any(|c| Pid::parse(c, today).is_ok())
+            || digits.len() > 12
+                && (0..=digits.len() - 10).any(|i| {
+                    [10, 12]
+                        .iter()
+                        .any(|n| i + n <= digits.len() && Pid::parse(&digits[i..i + n], today).is_ok())
+                })
+    })
 }
 
 /// The addresses in a field that may hold several (comma, semicolon or
@@ -739,7 +831,8 @@ fn rule_form(
                 legend { "Tjänster" }
                 @if let Some(m) = e.get("services") { p.msg { (m) } }
                 div { input type="checkbox" name="services" id="s-journal" value="journal" checked[service_ticked("journal")]; label for="s-journal" { "1177 Journalen" } }
-                div { input type="checkbox" name="services" id="s-eservices" value="eservices" checked[service_ticked("eservices")]; label for="s-eservices" { "1177 e-tjänster" } }
+                @if kind.is_grant() { p { small { "Åtkomstbeslut gäller bara journalen, aldrig e-tjänsterna." } } }
+                @else { div { input type="checkbox" name="services" id="s-eservices" value="eservices" checked[service_ticked("eservices")]; label for="s-eservices" { "1177 e-tjänster" } } }
                 @if kind == RuleKind::Block { p { small { "Innan barnet fyllt 13 år blockeras journalen och e-tjänsterna samtidigt." } } }
             }
             fieldset {
@@ -1081,8 +1174,7 @@ async fn worklist(ctx: &Ctx<'_>, failed: Option<(u64, &Form, Errors)>) -> Page {
     if let Some(unit) = own_unit(ctx) {
         rules.retain(|r| r.meta.issuing_unit == *unit);
     }
-    let children: Vec<Pid> = rules.iter().map(|r| r.rule.subject).collect();
-    ctx.log("console_worklist", &children, json!({"rules": rules.len()}))
+    ctx.log("console_worklist", &named(&rules), json!({"rules": rules.len()}))
         .await?;
     let now = ctx.admin.now();
     let tz = &ctx.admin.tz;
@@ -1210,8 +1302,7 @@ async fn unit_page(ctx: &Ctx<'_>) -> Page {
         .rules_of_unit(unit.clone(), 500)
         .await
         .map_err(|e| store_problem(ctx, e))?;
-    let children: Vec<Pid> = rules.iter().map(|r| r.rule.subject).collect();
-    ctx.log("console_unit_list", &children, json!({"rules": rules.len()}))
+    ctx.log("console_unit_list", &named(&rules), json!({"rules": rules.len()}))
         .await?;
     let now = ctx.admin.now();
     let tz = &ctx.admin.tz;
@@ -1366,4 +1457,20 @@ async fn access_log(ctx: &Ctx<'_>, f: Option<&Form>) -> Page {
     };
     let status = if errors.is_empty() { 200 } else { 422 };
     Ok(page(status, pages::layout(&ctx.frame(title), body), &[]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds_a_number;
+
+    #[test]
+    fn a_reference_with_an_identity_number_is_caught() {
+        let today = jiff::civil::date(2026, 11, 23);
+        for bad in ["BUP 20150916-2390", "ref 1509162390", "201509162390", "x150916-2390y"] {
+            assert!(holds_a_number(bad, today), "{bad}");
+        }
+        for fine in ["BUP 2026-117", "2026-11-23", "Dnr 1234567", "", "BH-2026-0001"] {
+            assert!(!holds_a_number(fine, today), "{fine}");
+        }
+    }
 }

@@ -86,7 +86,11 @@ pub struct Sessions {
 }
 
 /// Most children one session keeps handles for (the oldest go first).
-const MAX_HANDLES: usize = 200;
+const MAX_HANDLES: usize = 2000;
+
+/// Most logins waiting for the identity provider at once: anyone can start
+/// one, so there is a ceiling.
+pub const MAX_PENDING: usize = 10_000;
 
 impl Sessions {
     /// A new session for `user`; its id.
@@ -124,8 +128,12 @@ impl Sessions {
     /// The handle for `child` in session `id` (the same one each time).
     pub fn handle_for(&self, id: &str, child: Pid) -> Option<String> {
         let mut s = self.live.get_mut(id)?;
-        if let Some((h, _)) = s.handles.iter().find(|(_, p)| *p == child) {
-            return Some(h.clone());
+        if let Some(i) = s.handles.iter().position(|(_, p)| *p == child) {
+            // The most recently used stay longest.
+            let entry = s.handles.remove(i);
+            let h = entry.0.clone();
+            s.handles.push(entry);
+            return Some(h);
         }
         let h = random_id()[..32].to_owned();
         if s.handles.len() >= MAX_HANDLES {
@@ -140,9 +148,19 @@ impl Sessions {
         self.live.remove(id);
     }
 
-    /// Remembers a login on its way, under its `state`.
-    pub fn start_login(&self, state: String, pending: Pending) {
+    /// Remembers a login on its way, under its `state`; `false` when too
+    /// many are waiting (expired ones are swept first).
+    pub fn start_login(&self, state: String, pending: Pending) -> bool {
+        if self.pending.len() >= MAX_PENDING {
+            let now = pending.started;
+            self.pending
+                .retain(|_, p| now.as_nanos().saturating_sub(p.started.as_nanos()) < LOGIN_NS);
+            if self.pending.len() >= MAX_PENDING {
+                return false;
+            }
+        }
         self.pending.insert(state, pending);
+        true
     }
 
     /// Takes the login under `state` out (once), if it has not expired.
@@ -227,7 +245,7 @@ mod tests {
         assert_eq!(s.handle_for(&a, kid).unwrap(), h);
         assert_eq!(s.touch(&a, at(1)).unwrap().child(&h), Some(kid));
         assert_eq!(s.touch(&b, at(1)).unwrap().child(&h), None);
-        assert!(!h.contains("2015"));
+        assert!(!h.contains("201509162390") && !h.contains("1509162390"));
     }
 
     #[test]
@@ -238,10 +256,10 @@ mod tests {
             verifier: "v".into(),
             started: at(0),
         };
-        s.start_login("st".into(), p.clone());
+        assert!(s.start_login("st".into(), p.clone()));
         assert!(s.take_login("st", at(1)).is_some());
         assert!(s.take_login("st", at(1)).is_none(), "replayed");
-        s.start_login("st2".into(), p);
+        assert!(s.start_login("st2".into(), p));
         assert!(s.take_login("st2", at(11)).is_none(), "too late");
         let id = s.create(user(), at(0));
         assert_eq!(s.sweep(at(20)), 1);

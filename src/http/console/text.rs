@@ -76,6 +76,7 @@ pub fn action(a: &str) -> &str {
         "console_unit_list" => "Visade enhetens beslut",
         "console_rule_view" => "Visade ett beslut",
         "console_preview" => "Förhandsgranskade ett beslut",
+        "console_rule_form" => "Öppnade ett registreringsformulär",
         "console_find" => "Sökte fram barnet",
         other => other,
     }
